@@ -1,0 +1,1 @@
+"""albert-trainer: train ALBERT language models with Keras and keras-hub, driven by Hydra."""

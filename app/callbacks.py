@@ -1,0 +1,132 @@
+"""Run callbacks: full-split evaluation, progress lines, HParams, and configured Keras callbacks."""
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+from tensorboard.plugins.hparams import api as hparams_api
+
+from app.data.task import TaskSpec
+from app.errors import ConfigError
+from app.metrics import evaluate_predictions
+
+log = logging.getLogger(__name__)
+
+
+class FullEvaluation(keras.callbacks.Callback):
+    """Evaluates on the whole eval split at each epoch end and adds `val_*` entries to the logs.
+
+    Keras' validation computes compiled metrics only; F1, MCC and correlations need all
+    predictions at once, so this callback predicts once and derives every metric (loss included).
+    It must come before callbacks that read `val_*` (checkpoints, TensorBoard).
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, targets: np.ndarray, task: TaskSpec, loss):
+        super().__init__()
+        self.dataset = dataset
+        self.targets = targets
+        self.task = task
+        self.loss = loss
+        self.latest: dict[str, float] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        outputs = self.model.predict(self.dataset, verbose=0)
+        loss = float(keras.ops.convert_to_numpy(self.loss(self.targets, outputs)))
+        metrics = {"loss": loss, **evaluate_predictions(self.task, self.targets, outputs)}
+        self.latest = {f"val_{name}": value for name, value in metrics.items()}
+        if logs is not None:
+            logs.update(self.latest)
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Log lines every `every_n_steps` steps and per epoch: loss, learning rate, examples/s."""
+
+    def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every_n_steps: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.every_n_steps = every_n_steps
+        self.train_seconds = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.epoch_start = time.perf_counter()
+        self.last_logged = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = batch + 1
+        if step - self.last_logged < self.every_n_steps and step != self.steps_per_epoch:
+            return
+        self.last_logged = step
+        elapsed = time.perf_counter() - self.epoch_start
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        log.info(
+            "epoch %d/%d step %d/%d loss %.4f lr %.3g %.1f examples/s",
+            self.epoch + 1, self.epochs, step, self.steps_per_epoch, (logs or {}).get("loss", 0.0),
+            learning_rate, step * self.batch_size / max(elapsed, 1e-9),
+        )
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.epoch_start
+        self.train_seconds += seconds
+        summary = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
+                           if k.startswith("val_"))
+        log.info("epoch %d/%d done in %.1fs: %s", epoch + 1, self.epochs, seconds, summary)
+
+
+class HParamsSummary(keras.callbacks.Callback):
+    """Writes the run's hyperparameters and final metrics for TensorBoard's HParams dashboard."""
+
+    def __init__(self, log_dir: Path, hparams: dict):
+        super().__init__()
+        self.log_dir = str(log_dir)
+        self.hparams = hparams
+
+    def on_train_begin(self, logs=None):
+        with tf.summary.create_file_writer(self.log_dir).as_default():
+            hparams_api.hparams(self.hparams)
+
+    def on_train_end(self, logs=None):
+        with tf.summary.create_file_writer(self.log_dir).as_default():
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(f"final/{name}", value, step=0)
+
+
+def flat_hparams(cfg: DictConfig) -> dict:
+    """Scalar hyperparameters of a run, flattened to dotted keys (None and lists left out)."""
+    nodes = {"model": cfg.model, "optimizer": cfg.optimizer, "trainer": cfg.trainer}
+    flat = {"seed": cfg.seed, "data.name": cfg.data.name,
+            "data.sequence_length": cfg.data.sequence_length}
+    for prefix, node in nodes.items():
+        for key, value in OmegaConf.to_container(node).items():
+            if isinstance(value, bool | int | float | str):
+                flat[f"{prefix}.{key}"] = value
+    return flat
+
+
+def instantiate_callbacks(nodes: DictConfig, run_dir: Path, runtime: dict) -> list:
+    """Instantiate the `_target_` nodes of a `callbacks` or `logger` config group.
+
+    Keys set to `???` receive the value of the same name from `runtime`; `filepath` and
+    `log_dir` are relative to the run folder. A node set to null is skipped.
+    """
+    built = []
+    for name, node in nodes.items():
+        if node is None:
+            continue
+        args = {}
+        for key in node:
+            if OmegaConf.is_missing(node, key):
+                if key not in runtime:
+                    raise ConfigError(f"`{name}.{key}` is `???` but the app has no value for it")
+                args[key] = runtime[key]
+            elif key in ("filepath", "log_dir"):
+                args[key] = str(run_dir / node[key])
+        built.append(hydra.utils.instantiate(node, **args))
+    return built

@@ -1,0 +1,119 @@
+"""Task specs: which columns hold the inputs, and how labels become targets."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from app.data.readers import Table, read_table
+from app.errors import DataError
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A classification task (with its label names) or a regression task."""
+
+    kind: str
+    label_names: tuple[str, ...] = ()
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.label_names) if self.kind == "classification" else 1
+
+    def targets(self, table: Table, column: str) -> np.ndarray:
+        """Encode a label column: class ids, or float scores for regression."""
+        values = table.columns[column]
+        if self.kind == "regression":
+            return np.array([_to_float(v, table, i, column) for i, v in enumerate(values)],
+                            dtype="float32")
+        index = {name: i for i, name in enumerate(self.label_names)}
+        for i, value in enumerate(values):
+            if value not in index:
+                raise DataError(
+                    f"{table.path}:{table.lines[i]}: label {value!r} in column {column!r} never "
+                    f"occurs in the training split; expected one of {list(self.label_names)}"
+                )
+        return np.array([index[v] for v in values], dtype="int32")
+
+
+def _to_float(value: str, table: Table, i: int, column: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not np.isfinite(number):
+        raise DataError(
+            f"{table.path}:{table.lines[i]}: regression target {value!r} in column {column!r} "
+            f"is not a finite number"
+        )
+    return number
+
+
+def label_vocabulary(values: list[str]) -> tuple[str, ...]:
+    """Sorted distinct labels; integer labels sort numerically so "2" keeps id 2."""
+    distinct = set(values)
+    if all(v.lstrip("-").isdigit() for v in distinct):
+        return tuple(sorted(distinct, key=int))
+    return tuple(sorted(distinct))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Inputs (one or two text arrays) and targets of one data split."""
+
+    texts: tuple[np.ndarray, ...]
+    targets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def features(self):
+        """What the preprocessor takes: one text array, or a tuple of two for pairs."""
+        return self.texts[0] if len(self.texts) == 1 else self.texts
+
+
+def text_columns(data: DictConfig) -> list[str]:
+    """The configured input columns: one, or two for sentence pairs."""
+    return [data.text_column] + ([data.text_pair_column] if data.text_pair_column else [])
+
+
+def _read_split(data: DictConfig, filename: str, limit: int | None) -> Table:
+    names = text_columns(data) + [data.label_column]
+    table = read_table(Path(data.dir) / filename, data.format, names)
+    if limit is not None and limit < len(table):
+        table = Table(
+            table.path,
+            {name: values[:limit] for name, values in table.columns.items()},
+            table.lines[:limit],
+        )
+    return table
+
+
+def _to_split(table: Table, data: DictConfig, task: TaskSpec) -> Split:
+    texts = tuple(np.array(table.columns[c], dtype=object) for c in text_columns(data))
+    return Split(texts=texts, targets=task.targets(table, data.label_column))
+
+
+def load_task_data(data: DictConfig) -> tuple[TaskSpec, Split, Split]:
+    """Read the train and eval splits named by `data` and derive the task from train.
+
+    Args:
+        data: the `data` config node.
+
+    Returns:
+        The task spec, the training split and the evaluation split.
+    """
+    train_table = _read_split(data, data.train_file, data.max_train_examples)
+    eval_table = _read_split(data, data.eval_file, data.max_eval_examples)
+    labels = ()
+    if data.task == "classification":
+        labels = label_vocabulary(train_table.columns[data.label_column])
+        if len(labels) < 2:
+            raise DataError(
+                f"{train_table.path}: column {data.label_column!r} has a single label "
+                f"{labels[0]!r}; classification needs at least two"
+            )
+    task = TaskSpec(kind=data.task, label_names=labels)
+    return task, _to_split(train_table, data, task), _to_split(eval_table, data, task)

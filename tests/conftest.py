@@ -1,0 +1,69 @@
+"""Shared fixtures: the real conf/ composed with overrides, and tiny data sets written per test."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from app.data import synthetic
+from app.train import CONFIG_DIR
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A model, vocabulary and data cap small enough for a few seconds of training on one CPU core.
+TINY = [
+    "model=albert_tiny",
+    "model.num_layers=2",
+    "model.num_heads=2",
+    "model.embedding_dim=16",
+    "model.hidden_dim=32",
+    "model.intermediate_dim=64",
+    "data.sequence_length=24",
+    "tokenizer.vocab_size=120",
+    "trainer.epochs=2",
+    "trainer.batch_size=16",
+    "trainer.log_every_n_steps=4",
+    "strategy=cpu",
+]
+
+
+def compose_config(*overrides: str):
+    """Compose conf/train.yaml with overrides, as `python -m app` would (hydra node excluded)."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def write_splits(out: Path, header: tuple[str, ...], rows, train_size: int, seed: int) -> Path:
+    """train.tsv with `train_size` rows and dev.tsv with a quarter as many, other seeds."""
+    synthetic.write_tsv(out / "train.tsv", header, rows(train_size, seed=seed))
+    synthetic.write_tsv(out / "dev.tsv", header, rows(train_size // 4, seed=seed + 1))
+    return out
+
+
+@pytest.fixture
+def sentiment_dir(tmp_path: Path) -> Path:
+    """Single-sentence classification with string labels: columns sentence, label."""
+    return write_splits(tmp_path / "sentiment", ("sentence", "label"), synthetic.sentiment_rows,
+                        192, seed=1)
+
+
+@pytest.fixture
+def pair_dir(tmp_path: Path) -> Path:
+    """Sentence-pair classification: columns sentence1, sentence2, label."""
+    return write_splits(tmp_path / "pairs", ("sentence1", "sentence2", "label"),
+                        synthetic.pair_rows, 160, seed=3)
+
+
+@pytest.fixture
+def regression_dir(tmp_path: Path) -> Path:
+    """Regression with float scores 0-4: columns sentence, score."""
+    return write_splits(tmp_path / "scores", ("sentence", "score"), synthetic.regression_rows,
+                        160, seed=5)
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test where it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"shared data set {name!r} not found at {path}")
+    return path
