@@ -4,7 +4,6 @@ import logging
 import time
 from pathlib import Path
 
-import hydra
 import keras
 import numpy as np
 import tensorflow as tf
@@ -13,6 +12,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 from app.data.task import TaskSpec
 from app.errors import ConfigError
+from app.instantiate import instantiate
 from app.metrics import evaluate_predictions
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,33 @@ class FullEvaluation(keras.callbacks.Callback):
         self.latest: dict[str, float] = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        outputs = self.model.predict(self.dataset, verbose=0)
+        outputs = self.model.predict(self.dataset, verbose=0).astype("float32")
         loss = float(keras.ops.convert_to_numpy(self.loss(self.targets, outputs)))
         metrics = {"loss": loss, **evaluate_predictions(self.task, self.targets, outputs)}
         self.latest = {f"val_{name}": value for name, value in metrics.items()}
+        if logs is not None:
+            logs.update(self.latest)
+
+
+class CompiledEvaluation(keras.callbacks.Callback):
+    """Evaluates the compiled metrics on a dataset at each epoch end, as `val_*` log entries.
+
+    Like `fit(validation_data=...)`, but as a callback with `.latest`, the same shape as
+    FullEvaluation, so every task is evaluated and logged the same way.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset):
+        super().__init__()
+        self.dataset = dataset
+        self.latest: dict[str, float] = {}
+
+    def evaluate(self, model: keras.Model) -> dict[str, float]:
+        """The metrics of `model` on the dataset, named `val_*`."""
+        results = model.evaluate(self.dataset, return_dict=True, verbose=0)
+        return {f"val_{name}": float(value) for name, value in results.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.latest = self.evaluate(self.model)
         if logs is not None:
             logs.update(self.latest)
 
@@ -53,6 +76,7 @@ class ProgressLog(keras.callbacks.Callback):
         self.epochs = epochs
         self.every_n_steps = every_n_steps
         self.train_seconds = 0.0
+        self.epochs_run = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -75,6 +99,7 @@ class ProgressLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.epoch_start
         self.train_seconds += seconds
+        self.epochs_run += 1
         summary = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
                            if k.startswith("val_"))
         log.info("epoch %d/%d done in %.1fs: %s", epoch + 1, self.epochs, seconds, summary)
@@ -128,5 +153,9 @@ def instantiate_callbacks(nodes: DictConfig, run_dir: Path, runtime: dict) -> li
                 args[key] = runtime[key]
             elif key in ("filepath", "log_dir"):
                 args[key] = str(run_dir / node[key])
-        built.append(hydra.utils.instantiate(node, **args))
+                if not (run_dir / node[key]).resolve().is_relative_to(run_dir.resolve()):
+                    raise ConfigError(f"`{name}.{key}` must be a path inside the run folder. "
+                                      f"Received: {node[key]!r}")
+        key = nodes._get_full_key(name) if isinstance(nodes, DictConfig) else name
+        built.append(instantiate(node, key=key, base=keras.callbacks.Callback, **args))
     return built

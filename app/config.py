@@ -6,6 +6,7 @@ system, before TensorFlow does any work.
 """
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from app.errors import ConfigError
 
-TASKS = ("classification", "regression")
+TASKS = ("classification", "regression", "pretraining")
 FORMATS = ("tsv", "csv", "jsonl")
-STRATEGIES = ("auto", "cpu", "gpu")
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 CLASSIFICATION_METRICS = ("loss", "accuracy", "f1", "mcc", "macro_f1")
 REGRESSION_METRICS = ("loss", "mse", "pearson", "spearman")
+PRETRAINING_METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "mlm_perplexity",
+                       "sop_accuracy")
 
 
 @dataclass
@@ -49,7 +53,7 @@ class DataConfig:
     format: str = "tsv"
     dir: str = MISSING
     train_file: str = "train.tsv"
-    eval_file: str = "dev.tsv"
+    eval_file: str | None = "dev.tsv"
     text_column: str = "sentence"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -57,6 +61,14 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     shuffle_buffer: int = 100_000
+    # Pretraining (task: pretraining; see app.pretraining): train_file/eval_file are globs.
+    document_pattern: str | None = None   # regex of heading lines starting a document
+    skip_pattern: str | None = None       # regex of lines to drop
+    eval_fraction: float = 0.05           # held-out documents when eval_file is null
+    max_predictions: int = 20
+    masked_lm_prob: float = 0.15
+    max_ngram: int = 3
+    short_seq_prob: float = 0.1
 
 
 @dataclass
@@ -94,6 +106,13 @@ class TrainerConfig:
     deterministic: bool = False
     jit_compile: Any = False
     steps_per_execution: int = 1
+    precision: str = "float32"
+    gradient_accumulation_steps: int = 1
+    checkpoint_every_n_steps: int | None = None
+    keep_checkpoints: int = 2
+    on_nonfinite_loss: str = "fail"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
     log_every_n_steps: int = 50
 
 
@@ -102,6 +121,9 @@ class StrategyConfig:
     """Which tf.distribute strategy to run under."""
 
     name: str = "auto"
+    devices: list[str] | None = None
+    cpu_devices: int | None = None
+    tpu_address: str | None = None
 
 
 @dataclass
@@ -118,6 +140,7 @@ class TrainConfig:
 
     name: str = "default"
     seed: int = 42
+    resume: str | None = None
     optimized_metric: str | None = None
     direction: str = "maximize"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -136,15 +159,26 @@ def resource_dir(name: str) -> str:
     return str(resources.files("app") / "resources" / name)
 
 
+def hydra_subdir(resume: str | None) -> str:
+    """Where Hydra saves the config: `.hydra`, or a new `.hydra/resume-<time>` on resume."""
+    return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
+
+
 def register_configs() -> None:
     """Register the schema and resolvers; safe to call more than once."""
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("app_resource"):
         OmegaConf.register_new_resolver("app_resource", resource_dir)
+    if not OmegaConf.has_resolver("resume_or"):
+        # hydra.run.dir: the resumed run's own folder, else a new one.
+        OmegaConf.register_new_resolver("resume_or", lambda resume, new: resume or new)
+        OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
     """Names of the evaluation metrics reported for a task."""
+    if task == "pretraining":
+        return PRETRAINING_METRICS
     return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
 
 
@@ -152,7 +186,8 @@ def optimized_metric(cfg: DictConfig) -> str:
     """The `val_*` metric that checkpoints and sweeps optimize (task default when unset)."""
     if cfg.optimized_metric:
         return cfg.optimized_metric
-    return "val_accuracy" if cfg.data.task == "classification" else "val_pearson"
+    defaults = {"classification": "val_accuracy", "pretraining": "val_mlm_accuracy"}
+    return defaults.get(cfg.data.task, "val_pearson")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -207,8 +242,14 @@ def _validate_model(model: DictConfig, sequence_length: int) -> None:
 
 def _validate_data(data: DictConfig) -> None:
     _check_one_of("data.task", data.task, TASKS)
+    if data.task == "pretraining":
+        from app.pretraining.config import validate_pretraining_data
+
+        validate_pretraining_data(data)
+        return
     _check_one_of("data.format", data.format, FORMATS)
     _check(Path(data.dir).is_dir(), f"`data.dir` does not exist. Received: '{data.dir}'")
+    _check(data.eval_file is not None, "`data.eval_file` must be set. Received: None")
     _check_file("data.train_file", Path(data.dir) / data.train_file)
     _check_file("data.eval_file", Path(data.dir) / data.eval_file)
     _check_at_least("data.sequence_length", data.sequence_length, 3)
@@ -223,6 +264,15 @@ def _validate_trainer(trainer: DictConfig) -> None:
     _check_at_least("trainer.steps_per_execution", trainer.steps_per_execution, 1)
     _check_at_least("trainer.log_every_n_steps", trainer.log_every_n_steps, 1)
     _check_one_of("trainer.jit_compile", trainer.jit_compile, (True, False, "auto"))
+    _check_one_of("trainer.precision", trainer.precision, PRECISIONS)
+    _check_at_least("trainer.gradient_accumulation_steps", trainer.gradient_accumulation_steps, 1)
+    _check_at_least("trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, 1)
+    _check_at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
+    _check_one_of("trainer.on_nonfinite_loss", trainer.on_nonfinite_loss, ("fail", "rollback"))
+    _check(
+        0 < trainer.rollback_lr_factor < 1,
+        f"`trainer.rollback_lr_factor` must be in (0, 1). Received: {trainer.rollback_lr_factor}",
+    )
 
 
 def validate(cfg: DictConfig) -> None:
@@ -235,6 +285,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_model(cfg.model, cfg.data.sequence_length)
     _validate_trainer(cfg.trainer)
     _check_one_of("strategy.name", cfg.strategy.name, STRATEGIES)
+    _check_at_least("strategy.cpu_devices", cfg.strategy.cpu_devices, 1)
     _check_one_of("direction", cfg.direction, ("maximize", "minimize"))
     _check_one_of("tokenizer.model_type", cfg.tokenizer.model_type, ("unigram", "bpe"))
     _check_at_least("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16)

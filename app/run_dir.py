@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from app.serving import export_saved_model
+
 PACKAGES = ("tensorflow", "tensorflow-text", "keras", "keras-hub", "hydra-core", "omegaconf",
             "tensorboard", "sentencepiece", "numpy", "scikit-learn", "scipy", "albert-trainer")
 
@@ -75,16 +77,19 @@ def capture_env(strategy: tf.distribute.Strategy, seed: int) -> dict:
 
 
 def export_run(model, preprocessor, run_dir: Path, label_names, sample_inputs) -> Path:
-    """Export the trained task with its preprocessor: keras-hub preset and `.keras` file.
+    """Export the trained task with its preprocessor: keras-hub preset, `.keras`, SavedModel.
 
-    Also writes the label names beside the preset and the model's outputs on a few raw
-    inputs (`sample_predictions.json`), so a reload can be checked against the run.
+    The SavedModel's serving signature takes raw strings (see app.serving). Also writes the
+    label names beside the preset and the model's outputs on a few raw inputs
+    (`sample_predictions.json`), so a reload can be checked against the run.
     """
     export_dir = run_dir / "export"
     model.preprocessor = preprocessor
     model.save_to_preset(str(export_dir / "preset"))
     model.save(export_dir / "model.keras")
     write_json(export_dir / "preset" / "labels.json", list(label_names))
+    num_inputs = len(sample_inputs) if isinstance(sample_inputs, tuple) else 1
+    export_saved_model(model, export_dir, label_names, num_inputs)
     outputs = model.predict(sample_inputs, verbose=0)
     inputs = [np.asarray(x).tolist() for x in
               (sample_inputs if isinstance(sample_inputs, tuple) else (sample_inputs,))]

@@ -5,6 +5,7 @@ goes through sentencepiece.SentencePieceTrainer directly.
 """
 
 import logging
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +15,7 @@ import sentencepiece
 from omegaconf import DictConfig
 
 from app.errors import ConfigError, DataError
+from app.loading import load_preset
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,7 @@ def train_sentencepiece(
     lowercase: bool = True,
     character_coverage: float = 0.9995,
     hard_vocab_limit: bool = True,
+    input_sentence_size: int = 0,
 ) -> Path:
     """Train a SentencePiece model whose first ids are ALBERT's special pieces.
 
@@ -42,6 +45,7 @@ def train_sentencepiece(
         lowercase: case-fold in the model's normalizer, so it also applies at inference.
         character_coverage: fraction of characters covered by the vocabulary.
         hard_vocab_limit: fail if the texts cannot support `vocab_size` pieces.
+        input_sentence_size: train on a random sample of this many sentences (0: all).
 
     Returns:
         The path of the `.model` file.
@@ -62,9 +66,17 @@ def train_sentencepiece(
             normalization_rule_name="nmt_nfkc_cf" if lowercase else "nmt_nfkc",
             character_coverage=character_coverage,
             hard_vocab_limit=hard_vocab_limit,
+            input_sentence_size=input_sentence_size,
+            shuffle_input_sentence=True,
             minloglevel=2,
         )
     except RuntimeError as error:
+        limit = re.search(r"Vocabulary size too high.*<= (\d+)", str(error))
+        if limit:
+            raise DataError(
+                f"The texts cannot support a vocabulary of {vocab_size} pieces (`vocab_size`); "
+                f"expected a vocab_size <= {limit.group(1)}, or more text"
+            ) from error
         raise DataError(f"SentencePiece training failed: {error}") from error
     return model_prefix.with_suffix(".model")
 
@@ -83,7 +95,7 @@ def load_tokenizer(proto: str | Path) -> keras_hub.models.AlbertTokenizer:
 
 
 def build_tokenizer(
-    cfg: DictConfig, texts: list[str], out_dir: Path
+    cfg: DictConfig, texts: Iterable[str], out_dir: Path
 ) -> keras_hub.models.AlbertTokenizer:
     """The run's tokenizer: the preset's, `tokenizer.proto`, or one trained on `texts`.
 
@@ -91,15 +103,16 @@ def build_tokenizer(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.model.preset is not None:
-        tokenizer = keras_hub.models.AlbertTokenizer.from_preset(cfg.model.preset)
+        tokenizer = load_preset(keras_hub.models.AlbertTokenizer, cfg.model.preset)
         (out_dir / PROTO_NAME).write_bytes(tokenizer.proto)
         return tokenizer
     if cfg.tokenizer.proto is not None:
-        shutil.copyfile(cfg.tokenizer.proto, out_dir / PROTO_NAME)
+        if Path(cfg.tokenizer.proto).resolve() != (out_dir / PROTO_NAME).resolve():
+            shutil.copyfile(cfg.tokenizer.proto, out_dir / PROTO_NAME)
     else:
         settings = cfg.tokenizer
-        log.info("Training a %s SentencePiece model (vocab <= %d) on %d texts",
-                 settings.model_type, settings.vocab_size, len(texts))
+        log.info("Training a %s SentencePiece model (vocab <= %d) on the training texts",
+                 settings.model_type, settings.vocab_size)
         train_sentencepiece(
             texts,
             out_dir / "spm",
@@ -110,3 +123,138 @@ def build_tokenizer(
             hard_vocab_limit=False,
         )
     return load_tokenizer(out_dir / PROTO_NAME)
+
+
+def _sentences(files: list[Path], holdout_every: int, held_out: list[str], max_held_out: int):
+    """Sentences of `files` for training; every `holdout_every`-th goes to `held_out` instead."""
+    from app.pretraining.corpus import read_lines, split_sentences
+
+    index = 0
+    for path in files:
+        for line in read_lines(path):
+            for sentence in split_sentences(line.strip()):
+                index += 1
+                if holdout_every and index % holdout_every == 0 and len(held_out) < max_held_out:
+                    held_out.append(sentence)
+                else:
+                    yield sentence
+
+
+def tokenizer_report(proto: str | Path, sentences: list[str]) -> dict:
+    """Vocabulary size and, on held-out sentences, pieces per word and the share of known words.
+
+    A word is known when none of its pieces is `<unk>`.
+    """
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(proto))
+    words = [word for sentence in sentences for word in sentence.split()]
+    pieces = processor.encode(words) if words else []
+    known = sum(processor.unk_id() not in word_pieces for word_pieces in pieces)
+    return {
+        "vocab_size": processor.get_piece_size(),
+        "special_pieces": {p: processor.piece_to_id(p) for p in SPECIAL_PIECES},
+        "held_out_sentences": len(sentences),
+        "held_out_words": len(words),
+        "pieces_per_word": sum(map(len, pieces)) / len(words) if words else None,
+        "word_coverage": known / len(words) if words else None,
+    }
+
+
+def train_tokenizer(
+    input: str,
+    output: str | Path,
+    vocab_size: int,
+    model_type: str = "unigram",
+    lowercase: bool = True,
+    character_coverage: float = 0.9995,
+    input_sentence_size: int = 1_000_000,
+    holdout_every: int = 100,
+    max_held_out: int = 10_000,
+) -> dict:
+    """Train `<output>/spm.model` + `spm.vocab` on text files; write and return `report.json`.
+
+    Args:
+        input: files or globs, comma-separated (`.gz` read transparently); sentences are split
+            from each line.
+        output: the folder to write.
+        vocab_size: exact vocabulary size (an error when the corpus cannot support it).
+        model_type: "unigram" or "bpe".
+        lowercase: case-fold (in the model's normalizer).
+        character_coverage: share of characters the vocabulary covers.
+        input_sentence_size: train on a random sample of this many sentences (0: all).
+        holdout_every: every n-th sentence is held out for the report (0: none).
+        max_held_out: the most held-out sentences.
+    """
+    from app.pretraining.corpus import expand_files
+    from app.run_dir import write_json
+
+    if model_type not in ("unigram", "bpe"):
+        raise ConfigError(
+            f"`model_type` must be one of ['unigram', 'bpe']. Received: {model_type!r}")
+    if vocab_size < len(SPECIAL_PIECES) + 1:
+        raise ConfigError(f"`vocab_size` must be > {len(SPECIAL_PIECES)}. Received: {vocab_size}")
+    files = expand_files(".", input, "input")
+    held_out: list[str] = []
+    seen = [0]
+
+    def counted(sentences):
+        for sentence in sentences:
+            seen[0] += 1
+            yield sentence
+
+    output = Path(output)
+    log.info("Training a %s SentencePiece model (%d pieces) on %s", model_type, vocab_size,
+             [str(f) for f in files])
+    texts = counted(_sentences(files, holdout_every, held_out, max_held_out))
+    try:
+        proto = train_sentencepiece(
+            texts, output / "spm", vocab_size, model_type=model_type, lowercase=lowercase,
+            character_coverage=character_coverage, hard_vocab_limit=True,
+            input_sentence_size=input_sentence_size,
+        )
+    except DataError:
+        if seen[0] == 0:
+            raise DataError(f"`input` has no text: {[str(f) for f in files]} contain no "
+                            f"sentences; expected UTF-8 text files") from None
+        raise
+    report = {"input": [str(f) for f in files], "training_sentences": seen[0],
+              "model_type": model_type, "lowercase": lowercase,
+              "character_coverage": character_coverage, **tokenizer_report(proto, held_out)}
+    write_json(output / "report.json", report)
+    return report
+
+
+def main() -> None:
+    """`python -m app.tokenizer input=<files> vocab_size=16000 [key=value ...]`.
+
+    The keys and their defaults are in conf/tokenizer.yaml.
+    """
+    import sys
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from app.errors import AppError
+
+    config_dir = str(Path(__file__).resolve().parent.parent / "conf")
+
+    @hydra.main(version_base="1.3", config_path=config_dir, config_name="tokenizer")
+    def run(cfg: DictConfig) -> None:
+        output = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            report = train_tokenizer(
+                cfg.input, output, cfg.vocab_size, cfg.model_type, cfg.lowercase,
+                cfg.character_coverage, cfg.input_sentence_size, cfg.holdout_every,
+            )
+        except AppError as error:
+            log.error("%s", error)
+            sys.exit(f"error: {error}")
+        log.info("Wrote %s (report.json): %d pieces, %.3f pieces/word, word coverage %.4f "
+                 "on %d held-out sentences", output / PROTO_NAME, report["vocab_size"],
+                 report["pieces_per_word"] or 0.0, report["word_coverage"] or 0.0,
+                 report["held_out_sentences"])
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

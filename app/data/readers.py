@@ -74,13 +74,19 @@ def _check_header(path: Path, header: list[str], names: list[str]) -> None:
 
 def _read_jsonl(path: Path, text: str, names: list[str]):
     rows = []
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # Split at \n and \r only: str.splitlines() also splits at U+2028, U+0085, ... which may
+    # stand unescaped inside a JSON string; a raw CR or LF never can.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for line, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{line}: not valid JSON: {error.msg}") from error
+        except (RecursionError, ValueError) as error:
+            raise DataError(f"{path}:{line}: JSON nested too deeply or a number too long "
+                            f"({type(error).__name__})") from error
         if not isinstance(row, dict):
             raise DataError(f"{path}:{line}: expected a JSON object, found {type(row).__name__}")
         missing = [name for name in names if row.get(name) is None]

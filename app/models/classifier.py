@@ -2,13 +2,14 @@
 
 import logging
 
-import hydra
 import keras
 import keras_hub
 from omegaconf import DictConfig, OmegaConf
 
 from app.data.task import TaskSpec
 from app.errors import ConfigError
+from app.instantiate import instantiate
+from app.loading import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def build_backbone(model: DictConfig, vocabulary_size: int) -> keras_hub.models.
     """An AlbertBackbone: random init from the config's shape, or loaded from `model.preset`."""
     if model.preset is not None:
         log.info("Loading backbone weights from preset %s", model.preset)
-        backbone = keras_hub.models.AlbertBackbone.from_preset(model.preset)
+        backbone = load_backbone(model.preset)
         if backbone.vocabulary_size != vocabulary_size:
             raise ConfigError(
                 f"`model.preset` {model.preset!r} has a vocabulary of {backbone.vocabulary_size}, "
@@ -28,7 +29,8 @@ def build_backbone(model: DictConfig, vocabulary_size: int) -> keras_hub.models.
             )
         return backbone
     args = {k: v for k, v in OmegaConf.to_container(model).items() if k not in NON_BACKBONE_KEYS}
-    return hydra.utils.instantiate(args, vocabulary_size=vocabulary_size)
+    return instantiate(args, key="model", base=keras_hub.models.Backbone,
+                       vocabulary_size=vocabulary_size)
 
 
 def build_task_model(

@@ -1,0 +1,116 @@
+"""Task metrics of a finished run on any labelled file, in a fresh process.
+
+    python -m app.evaluate run=<run_dir>                       # the run's own eval split
+    python -m app.evaluate run=<run_dir> split=test            # <data.dir>/test.<format>
+    python -m app.evaluate run=<run_dir> data=other.csv data.text_column=review split=other
+
+Reads the file with the readers and column settings of training (each `data.*` key
+overridable), uses the run's label names, and writes `eval_<split>.json` in the run folder
+(training's `metrics.json` is never touched).
+"""
+
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from app.cli import parse_args, run_tool
+from app.errors import ConfigError
+from app.inference import (
+    data_defaults,
+    data_overrides,
+    data_settings,
+    features,
+    load_model,
+    predict_batches,
+    read_inputs,
+)
+from app.metrics import evaluate_predictions
+from app.models.classifier import task_loss
+from app.run_dir import write_json
+from app.runs import open_run
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {"run": None, "data": None, "split": None, "checkpoint": "export", "batch_size": 64,
+            "progress": True, **data_defaults()}
+
+
+def eval_file(run_data, split: str | None) -> Path:
+    """The file a split names: the training files for train/dev/eval, else <dir>/<split>.<fmt>."""
+    directory = Path(run_data.dir)
+    if split in (None, "dev", "eval", "validation"):
+        return directory / run_data.eval_file
+    if split == "train":
+        return directory / run_data.train_file
+    return directory / f"{split}.{run_data.format}"
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
+             checkpoint: str = "export", batch_size: int = 64, progress: bool = True,
+             overrides: dict | None = None) -> dict:
+    """Evaluate a finished run on a labelled file and write `eval_<split>.json` beside it.
+
+    Args:
+        run_dir: the run folder.
+        data: the labelled file; default: the file `split` names in the run's data folder.
+        split: the evaluation's name (and, without `data`, which file: train, dev or any
+            `<name>` for `<data.dir>/<name>.<format>`); default: `data`'s file stem, or dev.
+        checkpoint: `export` (final model), `best` or `last` checkpoint.
+        batch_size: examples per prediction batch.
+        progress: show a progress bar.
+        overrides: `data.*` settings replacing the run's (format, text_column,
+            text_pair_column, label_column), e.g. `{"data.label_column": "stars"}`.
+
+    Returns:
+        The evaluation record written to `eval_<split>.json`.
+    """
+    run = open_run(run_dir)
+    path = Path(data) if data is not None else eval_file(run.config.data, split)
+    name = split or (path.stem if data is not None else "dev")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"`split` names the output eval_<split>.json and must be letters, "
+                          f"digits, - or _. Received: {name!r}")
+    settings = data_settings(run, overrides, path)
+    table = read_inputs(path, settings, with_labels=True)
+    task = run.task
+    targets = task.targets(table, settings.label_column)
+    texts = features(table, settings)
+
+    started = time.perf_counter()
+    model = load_model(run, checkpoint)
+    outputs = np.concatenate([out for _, out in predict_batches(model, texts, batch_size,
+                                                                progress)])
+    loss = float(keras.ops.convert_to_numpy(task_loss(task)(targets, outputs)))
+    record = {
+        "run": str(run.path),
+        "split": name,
+        "file": str(path),
+        "format": settings.format,
+        "columns": {"text": settings.text_column, "text_pair": settings.text_pair_column,
+                    "label": settings.label_column},
+        "checkpoint": checkpoint,
+        "num_examples": len(targets),
+        "label_names": list(task.label_names),
+        "metrics": {"loss": loss, **evaluate_predictions(task, targets, outputs)},
+        "seconds": time.perf_counter() - started,
+    }
+    out = run.path / f"eval_{name}.json"
+    write_json(out, record)
+    log.info("Wrote %s", out)
+    return record
+
+
+def main(argv: list[str]) -> None:
+    """`python -m app.evaluate run=<run_dir> [data=<file>] [split=<name>] [key=value ...]`."""
+    args = parse_args(argv, DEFAULTS, required=("run",))
+    record = evaluate(args["run"], args["data"], args["split"], args["checkpoint"],
+                      args["batch_size"], args["progress"], data_overrides(args))
+    metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items()))
+    print(f"{record['split']} ({record['num_examples']} examples): {metrics}")
+
+
+if __name__ == "__main__":
+    run_tool(main)

@@ -1,0 +1,131 @@
+"""Safe loading of saved models, weights and keras-hub presets.
+
+Everything the app writes is JSON, `.weights.h5` (HDF5 arrays), `.keras` (a zip of JSON and
+HDF5) or a keras-hub preset (JSON and HDF5): no pickle. Loading runs in Keras safe mode, so a
+file whose config carries a `Lambda` (Python bytecode) is refused, as is a class that neither
+Keras, keras-hub nor the app registers. Every refusal is a DataError (a file) or a ConfigError
+(the `model.preset` key) saying what was found and what to do.
+"""
+
+import json
+import re
+import zipfile
+from pathlib import Path
+
+import keras
+import keras_hub
+
+# Keras' safe mode falls short: a global `keras.config.enable_unsafe_deserialization()` wins over
+# `load_model(..., safe_mode=True)` (deserialize_keras_object prefers the global flag, measured
+# on keras 3.15.1), and keras-hub's `from_preset` follows that flag alone. Keras has no public
+# scope to pin it on, hence this private one around every load.
+from keras.src.saving.serialization_lib import SafeModeScope
+from keras_hub.src.utils import preset_utils
+
+from app.errors import ConfigError, DataError
+
+WEIGHTS_SUFFIX = ".weights.h5"
+MAX_MESSAGE = 300
+
+
+def _refusal(error: Exception) -> str:
+    """Why Keras refused to deserialize a config, in one line."""
+    message = " ".join(str(error).split())
+    unknown = re.search(r"Could not (?:locate|deserialize) (?:class |function )?'([^']+)'"
+                        r"|no class registered with Keras for (\S+?)\.? ", message)
+    if unknown:
+        name = unknown.group(1) or unknown.group(2)
+        return (f"it holds a class the app does not know ({name!r}); only Keras, "
+                f"keras-hub and `app` classes can be loaded")
+    if "Lambda" in message or "lambda" in message or "safe_mode" in message:
+        return ("it holds a Lambda layer or function (arbitrary Python code), refused in safe "
+                "mode; rebuild the model without Lambda layers (e.g. a registered custom layer)")
+    return message[:MAX_MESSAGE]
+
+
+def load_model(path: str | Path, compile: bool = True) -> keras.Model:
+    """Load a `.keras` file in Keras safe mode (no Lambda layers, only known classes).
+
+    Args:
+        path: a `.keras` file, e.g. a run's `export/model.keras`.
+        compile: whether to restore the saved optimizer, loss and metrics too.
+
+    Example:
+        >>> model = load_model("experiments/default/<run>/export/model.keras")
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise DataError(f"Expected a `.keras` model file. Received: '{path}'")
+    if not path.is_file():
+        raise DataError(f"Model file does not exist: '{path}'")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"'{path}' is not a `.keras` archive (a zip file); was it truncated?")
+    try:
+        with SafeModeScope(True):
+            return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile,
+            json.JSONDecodeError) as error:
+        raise DataError(f"'{path}' cannot be loaded: {_refusal(error)}") from error
+
+
+def load_weights(model: keras.Model, path: str | Path) -> None:
+    """Load a `.weights.h5` checkpoint (HDF5 arrays only) into a built model.
+
+    Args:
+        model: a model with the architecture the checkpoint was saved from.
+        path: the checkpoint, e.g. a run's `checkpoints/best.weights.h5`.
+    """
+    path = Path(path)
+    if not path.name.endswith(WEIGHTS_SUFFIX):
+        raise DataError(f"Expected a `{WEIGHTS_SUFFIX}` checkpoint. Received: '{path}'")
+    if not path.is_file():
+        raise DataError(f"Checkpoint does not exist: '{path}'")
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError, KeyError) as error:
+        raise DataError(f"'{path}' does not fit this model or is damaged: "
+                        f"{' '.join(str(error).split())[:MAX_MESSAGE]}") from error
+
+
+def load_preset(cls, preset: str, key: str = "model.preset"):
+    """`cls.from_preset(preset)` in safe mode; a ConfigError naming `key` when it fails.
+
+    Args:
+        cls: a keras-hub class, e.g. `keras_hub.models.AlbertBackbone` or `AlbertTokenizer`.
+        preset: a local preset folder or a published preset name.
+        key: the config key the preset came from, named in errors.
+    """
+    try:
+        if issubclass(cls, keras_hub.tokenizers.Tokenizer):
+            return _load_tokenizer(cls, preset)
+        with SafeModeScope(True):
+            return cls.from_preset(preset)
+    except OSError as error:
+        # requests' ConnectionError is an OSError: a published preset without network.
+        raise ConfigError(
+            f"`{key}` {preset!r} could not be read or downloaded ({type(error).__name__}); "
+            f"without network use a local preset folder (a run's export/preset)"
+        ) from error
+    except (ValueError, TypeError, KeyError, json.JSONDecodeError) as error:
+        raise ConfigError(f"`{key}` {preset!r} cannot be loaded: {_refusal(error)}") from error
+
+
+def _load_tokenizer(cls, preset: str):
+    """A preset's tokenizer: its config in safe mode, then its own vocabulary asset.
+
+    `from_preset` in safe mode refuses every tokenizer, since it loads the vocabulary from a
+    file path; that file is the preset's own asset, so it is loaded outside the scope.
+    """
+    with SafeModeScope(True):
+        tokenizer = keras.saving.deserialize_keras_object(
+            preset_utils.load_json(preset, preset_utils.TOKENIZER_CONFIG_FILE)
+        )
+    if not isinstance(tokenizer, cls):
+        raise TypeError(f"expected a {cls.__name__}, found {type(tokenizer).__name__}")
+    tokenizer.load_preset_assets(preset)
+    return tokenizer
+
+
+def load_backbone(preset: str) -> keras_hub.models.AlbertBackbone:
+    """An AlbertBackbone from `model.preset` (a local folder or a published name), safely."""
+    return load_preset(keras_hub.models.AlbertBackbone, preset)

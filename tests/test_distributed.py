@@ -1,0 +1,145 @@
+"""Strategies, precision and gradient accumulation: distributed training matches one device."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import TINY, compose_config
+from omegaconf import OmegaConf
+
+from app.data.task import TaskSpec
+from app.models.classifier import build_task_model
+from app.tokenizer import load_tokenizer
+from app.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+# No dropout, so every strategy computes the same function of the same batches.
+EXACT = [*TINY, "model.dropout=0", "model.classifier_dropout=0", "trainer.deterministic=true",
+         "trainer.batch_size=16", "trainer.epochs=1"]
+
+
+def app_process(run_dir: Path, *overrides: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "app", *overrides, f"hydra.run.dir={run_dir}"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(process: subprocess.Popen, timeout: int = 400) -> None:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+
+
+def history(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())["history"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture
+def reference(tmp_path, sentiment_dir):
+    """A single-device run on the same global batch."""
+    data = ["data=tsv", f"data.dir={sentiment_dir}"]
+    run_dir = tmp_path / "single"
+    finish(app_process(run_dir, *EXACT, *data, "strategy=cpu"))
+    return data, run_dir
+
+
+def reload_checkpoint(run_dir: Path) -> None:
+    """The run's last checkpoint loads into a model built afresh from the run's config."""
+    cfg = OmegaConf.load(run_dir / ".hydra/config.yaml")
+    task = TaskSpec("classification", tuple(json.loads((run_dir / "labels.json").read_text())))
+    tokenizer = load_tokenizer(run_dir / "tokenizer/spm.model")
+    model = build_task_model(cfg.model, task, tokenizer.vocabulary_size())
+    model.load_weights(run_dir / "checkpoints/last.weights.h5")
+    exported = keras.saving.load_model(run_dir / "export/model.keras")
+    for loaded, final in zip(model.get_weights(), exported.get_weights(), strict=True):
+        np.testing.assert_array_equal(loaded, final)
+
+
+def test_mirrored_on_two_cpu_devices_matches_one_device(tmp_path, reference):
+    data, single = reference
+    run_dir = tmp_path / "mirrored"
+    finish(app_process(run_dir, *EXACT, *data, "strategy=mirrored", "strategy.cpu_devices=2"))
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["strategy"] == {"class": "MirroredStrategy", "num_replicas": 2}
+    np.testing.assert_allclose(history(run_dir)["loss"], history(single)["loss"], rtol=1e-4)
+    np.testing.assert_allclose(history(run_dir)["val_loss"], history(single)["val_loss"],
+                               rtol=1e-4)
+    reload_checkpoint(run_dir)
+
+
+@pytest.mark.slow
+def test_multi_worker_on_two_local_processes_matches_one_device(tmp_path, reference):
+    data, single = reference
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(app_process(tmp_path / f"worker{index}", *EXACT, *data,
+                                   "strategy=multi_worker", env={"TF_CONFIG": tf_config}))
+    for worker in workers:
+        finish(worker)
+    chief, other = tmp_path / "worker0", tmp_path / "worker1"
+    env = json.loads((chief / "env.json").read_text())
+    assert env["strategy"] == {"class": "CollectiveAllReduceStrategy", "num_replicas": 2}
+    np.testing.assert_allclose(history(chief)["loss"], history(single)["loss"], rtol=1e-4)
+    np.testing.assert_allclose(history(chief)["val_loss"], history(single)["val_loss"], rtol=1e-4)
+    assert sorted(p.name for p in other.iterdir()) == [".hydra", "train.log"]
+    reload_checkpoint(chief)
+
+
+def test_global_batch_must_divide_across_replicas(tmp_path, sentiment_dir):
+    result = app_process(tmp_path / "run", *TINY, "data=tsv", f"data.dir={sentiment_dir}",
+                         "strategy=mirrored", "strategy.cpu_devices=2", "trainer.batch_size=15")
+    output, _ = result.communicate(timeout=300)
+    assert result.returncode != 0
+    assert "`trainer.batch_size` must be divisible by the number of replicas (2)" in output
+
+
+@pytest.mark.parametrize("address", ["grpc://127.0.0.1:1", "null"])
+def test_tpu_without_a_tpu_fails_clearly(tmp_path, sentiment_dir, address):
+    result = app_process(tmp_path / "run", *TINY, "data=tsv", f"data.dir={sentiment_dir}",
+                         "strategy=tpu", f"strategy.tpu_address={address}")
+    output, _ = result.communicate(timeout=120)
+    assert result.returncode != 0
+    assert "no TPU is reachable" in output
+
+
+def test_bfloat16_trains_on_cpu(tmp_path, sentiment_dir):
+    cfg = compose_config(*TINY, "data=tsv", f"data.dir={sentiment_dir}", "trainer.epochs=1",
+                         "trainer.precision=mixed_bfloat16")
+    metrics = train(cfg, tmp_path / "run")
+    assert math.isfinite(metrics["history"]["loss"][0])
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, sentiment_dir):
+    common = [*EXACT, "trainer.deterministic=false", "data=tsv", f"data.dir={sentiment_dir}",
+              "strategy=cpu",
+              "data.max_train_examples=64"]
+    weights = []
+    for name, batch, steps in (("big", 16, 1), ("accumulated", 8, 2)):
+        cfg = compose_config(*common, f"trainer.batch_size={batch}",
+                             f"trainer.gradient_accumulation_steps={steps}")
+        train(cfg, tmp_path / name)
+        weights.append(keras.saving.load_model(tmp_path / name / "export/model.keras")
+                       .get_weights())
+    for big, accumulated in zip(*weights, strict=True):
+        np.testing.assert_allclose(accumulated, big, rtol=1e-3, atol=1e-5)

@@ -1,0 +1,295 @@
+"""Pretraining data: corpus reading, SOP pairs, n-gram masking statistics, seeds, bad corpora."""
+
+import collections
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece
+import tensorflow as tf
+from omegaconf import OmegaConf
+
+from app.data.pipeline import epoch_stream
+from app.errors import ConfigError, DataError
+from app.pretraining.corpus import expand_files, iter_documents, split_sentences
+from app.pretraining.examples import SOP_SWAPPED, SpecialIds, document_pairs, pack_pair
+from app.pretraining.masking import NGramMasker
+from app.pretraining.pipeline import (
+    corpus_documents,
+    masked_eval_batches,
+    pretraining_examples,
+    special_ids,
+)
+from app.tokenizer import SPECIAL_PIECES, train_sentencepiece
+
+SUBJECTS = ["The cat", "A dog", "My friend", "The teacher", "Our neighbour", "The old man"]
+VERBS = ["saw", "liked", "painted", "carried", "found", "followed"]
+OBJECTS = ["a red ball", "the small house", "two green apples", "the long river", "a blue car"]
+PLACES = ["in the park", "near the station", "at home", "after dinner", "before sunrise"]
+
+
+def synthetic_documents(num_documents: int, seed: int) -> list[list[str]]:
+    """Documents of 3-8 simple English sentences."""
+    rng = np.random.default_rng(seed)
+    return [
+        [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
+         f"{rng.choice(PLACES)}." for _ in range(rng.integers(3, 9))]
+        for _ in range(num_documents)
+    ]
+
+
+def write_corpus(path: Path, documents: list[list[str]]) -> Path:
+    """Documents separated by blank lines, two sentences per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paragraphs = []
+    for document in documents:
+        lines = [" ".join(document[i:i + 2]) for i in range(0, len(document), 2)]
+        paragraphs.append("\n".join(lines))
+    path.write_text("\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    return path
+
+
+def corpus_config(**overrides):
+    data = {"sequence_length": 48, "short_seq_prob": 0.1, "shuffle_buffer": 1000,
+            "document_pattern": None, "skip_pattern": None, "eval_fraction": 0.0}
+    return OmegaConf.create({**data, **overrides})
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory) -> sentencepiece.SentencePieceProcessor:
+    out = tmp_path_factory.mktemp("spm")
+    sentences = [s for d in synthetic_documents(200, seed=0) for s in d]
+    proto = train_sentencepiece(sentences, out / "spm", vocab_size=60, hard_vocab_limit=False)
+    return sentencepiece.SentencePieceProcessor(model_file=str(proto))
+
+
+def test_split_sentences_english_and_wikitext_spacing():
+    assert split_sentences("Mr. Smith met Dr. J. Watson. They talked! Did it rain? Yes.") == [
+        "Mr. Smith met Dr. J. Watson.", "They talked!", "Did it rain?", "Yes."]
+    assert split_sentences('It grew to 3 @.@ 5 m in the U.S. . " Later , it fell . ok') == [
+        "It grew to 3 @.@ 5 m in the U.S. .", '" Later , it fell . ok']
+
+
+def test_documents_split_at_blank_lines_across_globbed_and_gzip_files(tmp_path):
+    (tmp_path / "a.txt").write_text("One. Two.\nThree.\n\n\nFour. Five.\n", encoding="utf-8")
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as out:
+        out.write("Six. Seven.\n\nEight.")
+    files = expand_files(tmp_path, "*.txt,*.gz", "data.train_file")
+    assert [f.name for f in files] == ["a.txt", "b.txt.gz"]
+    assert list(iter_documents(files)) == [
+        ["One.", "Two.", "Three."], ["Four.", "Five."], ["Six.", "Seven."], ["Eight."]]
+
+
+def test_documents_split_at_wikitext_headings(tmp_path):
+    text = (" \n = First = \n \n Alpha one . Alpha two .\n \n = = Part = = \n \n Alpha three .\n"
+            " \n = Second = \n \n Beta one . Beta two .\n")
+    path = tmp_path / "wiki.raw"
+    path.write_text(text, encoding="utf-8")
+    documents = list(iter_documents([path], r"^ = [^=].* = *$", r"^ (= )+.*(= )+ *$"))
+    assert documents == [["Alpha one .", "Alpha two .", "Alpha three ."],
+                         ["Beta one .", "Beta two ."]]
+
+
+def test_expand_files_names_the_key_when_nothing_matches(tmp_path):
+    with pytest.raises(ConfigError, match=r"`data.train_file` matches no file.*'\*.txt'"):
+        expand_files(tmp_path, "*.txt", "data.train_file")
+
+
+def test_sop_pairs_are_half_swapped_and_swapped_pairs_really_swapped():
+    rng = np.random.default_rng(0)
+    labels = []
+    for _ in range(1000):
+        # Sentence k holds tokens 100k..100k+n: order is visible in the ids.
+        document = [list(range(100 * k, 100 * k + rng.integers(2, 9))) for k in range(1, 12)]
+        for a, b, label in document_pairs(document, 29, short_seq_prob=0.1, rng=rng):
+            assert a and b and len(a) + len(b) <= 29
+            if label == SOP_SWAPPED:
+                assert min(a) > max(b)
+            else:
+                assert max(a) < min(b)
+            labels.append(label)
+    assert len(labels) > 1500
+    assert abs(np.mean(labels) - 0.5) < 0.04
+
+
+def test_short_seq_prob_makes_shorter_pairs():
+    rng = np.random.default_rng(1)
+    document = [[5] * 4 for _ in range(200)]
+
+    def mean_length(prob):
+        return np.mean([len(a) + len(b) for a, b, _ in document_pairs(document, 60, prob, rng)])
+
+    assert mean_length(1.0) < 0.75 * mean_length(0.0)
+
+
+def test_pack_pair_layout():
+    ids = SpecialIds(pad=0, cls=2, sep=3, mask=4)
+    token_ids, segment_ids, padding_mask = pack_pair([7, 8], [9], 8, ids)
+    assert token_ids.tolist() == [2, 7, 8, 3, 9, 3, 0, 0]
+    assert segment_ids.tolist() == [0, 0, 0, 0, 1, 1, 0, 0]
+    assert padding_mask.tolist() == [1, 1, 1, 1, 1, 1, 0, 0]
+
+
+# A vocabulary like a SentencePiece one: pieces starting a word ("▁...") and continuations.
+VOCAB = list(SPECIAL_PIECES) + [f"\u2581w{i}" for i in range(215)] + [f"c{i}" for i in range(30)]
+
+
+def random_examples(count: int, length: int, seed: int):
+    """Packed [CLS] A [SEP] B [SEP] examples with padding, ids drawn from VOCAB's normal pieces."""
+    rng = np.random.default_rng(seed)
+    ids = SpecialIds(pad=0, cls=2, sep=3, mask=4)
+    rows = []
+    for _ in range(count):
+        size_a = int(rng.integers(length // 6, length // 2))
+        size_b = int(rng.integers(length // 6, length - 3 - size_a))
+        a, b = rng.integers(5, len(VOCAB), size_a), rng.integers(5, len(VOCAB), size_b)
+        rows.append(pack_pair(a.tolist(), b.tolist(), length, ids))
+    return {name: np.stack([r[i] for r in rows]) for i, name in
+            enumerate(("token_ids", "segment_ids", "padding_mask"))}
+
+
+def mask_all(masker: NGramMasker, examples: dict, seed: int):
+    features = {**examples, "sop_label": np.zeros(len(examples["token_ids"]), np.int32)}
+    dataset = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices(features),
+        tf.data.Dataset.random(seed=seed).batch(2),
+    ).map(masker).batch(10_000)
+    return next(iter(dataset.as_numpy_iterator()))
+
+
+def test_ngram_masking_statistics():
+    masker = NGramMasker(VOCAB, masked_lm_prob=0.15, max_predictions=40, max_ngram=3)
+    examples = random_examples(400, 128, seed=0)
+    x, y, weights = mask_all(masker, examples, seed=1)
+    original, chosen = examples["token_ids"], weights["mlm"].astype(bool)
+    rows = np.nonzero(chosen)[0]
+    positions = x["mask_positions"][chosen]
+    # About 15% of the maskable tokens; never a special or padding token.
+    maskable = (original >= len(SPECIAL_PIECES)) & (examples["padding_mask"] == 1)
+    assert maskable[rows, positions].all()
+    fraction = chosen.sum() / maskable.sum()
+    assert 0.14 < fraction < 0.16, fraction
+    # Labels are the original tokens; tokens not chosen are unchanged.
+    assert (y["mlm"][chosen] == original[rows, positions]).all()
+    untouched = np.ones_like(original, bool)
+    untouched[rows, positions] = False
+    assert (x["token_ids"][untouched] == original[untouched]).all()
+    # 80% [MASK], 10% random token, 10% unchanged.
+    replaced = x["token_ids"][rows, positions]
+    shares = {"mask": np.mean(replaced == 4),
+              "random": np.mean((replaced != 4) & (replaced != original[rows, positions])),
+              "same": np.mean(replaced == original[rows, positions])}
+    assert abs(shares["mask"] - 0.8) < 0.03 and abs(shares["random"] - 0.1) < 0.03
+    assert abs(shares["same"] - 0.1) < 0.03, shares
+    assert (replaced >= len(SPECIAL_PIECES)).sum() == (replaced != 4).sum()
+
+
+def test_ngram_spans_follow_one_over_n():
+    masker = NGramMasker(VOCAB, masked_lm_prob=0.15, max_predictions=40, max_ngram=3)
+    examples = random_examples(300, 128, seed=2)
+    select = tf.function(masker.select_spans)
+    lengths = collections.Counter()
+    for i in range(len(examples["token_ids"])):
+        _, words, chosen = select(examples["token_ids"][i], examples["segment_ids"][i],
+                                  tf.constant([i, 3], tf.int64))
+        lengths.update(words.numpy()[chosen.numpy()].tolist())
+    total = sum(lengths.values())
+    expected = {n: (1 / n) / (1 + 1 / 2 + 1 / 3) for n in (1, 2, 3)}
+    observed = {n: lengths[n] / total for n in (1, 2, 3)}
+    assert set(lengths) == {1, 2, 3} and total > 2000
+    assert all(abs(observed[n] - expected[n]) < 0.035 for n in (1, 2, 3)), observed
+
+
+def test_whole_words_masked_and_max_predictions_respected():
+    masker = NGramMasker(VOCAB, masked_lm_prob=0.5, max_predictions=6)
+    examples = random_examples(100, 64, seed=4)
+    x, _, weights = mask_all(masker, examples, seed=5)
+    assert weights["mlm"].shape == (100, 6) and weights["mlm"].sum(axis=1).min() >= 1
+    is_start = np.array([p.startswith("\u2581") for p in VOCAB])
+    for row in range(100):
+        chosen = set(x["mask_positions"][row][weights["mlm"][row] > 0].tolist())
+        for position in chosen:
+            # A continuation piece is masked only together with the piece before it
+            # (unless that one is special: then it starts a word).
+            tokens = examples["token_ids"][row]
+            if not is_start[tokens[position]] and tokens[position - 1] >= len(SPECIAL_PIECES):
+                assert position - 1 in chosen
+
+
+def pipeline(documents, processor, seed, training=True, data=None, epochs=2):
+    """Training: (stream of `epochs` epochs, steps per epoch); else (eval batches, count)."""
+    masker = NGramMasker([processor.id_to_piece(i) for i in range(processor.get_piece_size())],
+                         max_predictions=8)
+    data = data or corpus_config()
+    examples, count = pretraining_examples(lambda: iter(documents), processor, data, seed=seed)
+    if not training:
+        return masked_eval_batches(examples, masker, 16, seed), count
+    stream = epoch_stream(examples, count, 16, data.shuffle_buffer, seed, epochs,
+                          per_example=masker)
+    return stream, -(-count // 16)
+
+
+def as_arrays(dataset) -> list[np.ndarray]:
+    return [np.concatenate([x["token_ids"], x["mask_positions"]], axis=1)
+            for x, _, _ in dataset.as_numpy_iterator()]
+
+
+def test_masks_reproducible_from_seed_fresh_each_epoch_and_resumable(processor):
+    documents = synthetic_documents(40, seed=1)
+    first, steps = pipeline(documents, processor, seed=7)
+    again, _ = pipeline(documents, processor, seed=7)
+    other, _ = pipeline(documents, processor, seed=8)
+    assert steps > 2
+    both_epochs = as_arrays(first(0))
+    epoch_1, epoch_2 = both_epochs[:steps], both_epochs[steps:]
+    assert len(epoch_2) == steps
+    assert all((a == b).all() for a, b in zip(epoch_1, as_arrays(again(0))[:steps], strict=True))
+    assert not all((a == b).all() for a, b in zip(epoch_1, as_arrays(other(0))[:steps],
+                                                   strict=True))
+    assert not all((a == b).all() for a, b in zip(epoch_1, epoch_2, strict=True))
+    # A resumed run starting at global batch k sees exactly batches k, k+1, ...
+    resumed = as_arrays(first(steps + 1))
+    assert all((a == b).all() for a, b in zip(resumed, both_epochs[steps + 1:], strict=True))
+    evaluation, count = pipeline(documents, processor, seed=7, training=False)
+    assert count > 20 and evaluation.cardinality() == -(-count // 16)
+    assert all((a == b).all() for a, b in
+               zip(as_arrays(evaluation), as_arrays(evaluation), strict=True))
+
+
+def test_sop_labels_in_pipeline_are_balanced(processor):
+    dataset, count = pipeline(synthetic_documents(150, seed=2), processor, seed=3,
+                              training=False)
+    labels = np.concatenate([y["sop"] for _, y, _ in dataset.as_numpy_iterator()])
+    assert len(labels) == count and abs(labels.mean() - 0.5) < 0.1
+
+
+def test_holdout_documents_split_the_corpus(tmp_path):
+    path = write_corpus(tmp_path / "c.txt", synthetic_documents(40, seed=3))
+    data = corpus_config(eval_fraction=0.25)
+    train = list(corpus_documents([path], data, holdout=False))
+    held = list(corpus_documents([path], data, holdout=True))
+    assert len(train) == 30 and len(held) == 10
+    assert not {tuple(d) for d in train} & {tuple(d) for d in held}
+
+
+def test_empty_corpus_is_a_clear_error(processor):
+    with pytest.raises(DataError, match="has no text"):
+        pipeline([], processor, seed=1)
+
+
+def test_corpus_of_single_sentence_documents_is_a_clear_error(processor):
+    documents = [[s] for d in synthetic_documents(20, seed=4) for s in d]
+    with pytest.raises(DataError, match="none of its 1[0-9]+ documents has two or more"):
+        pipeline(documents, processor, seed=1)
+
+
+def test_tokenizer_without_mask_piece_is_a_clear_error(tmp_path):
+    sentences = [s for d in synthetic_documents(50, seed=5) for s in d]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_prefix=str(tmp_path / "nomask"), vocab_size=50,
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]"],
+        hard_vocab_limit=False, minloglevel=2)
+    no_mask = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "nomask.model"))
+    with pytest.raises(ConfigError, match=r"lacks ALBERT's special pieces \['\[MASK\]'\]"):
+        special_ids(no_mask, "tokenizer.proto 'nomask.model'")

@@ -1,0 +1,132 @@
+"""Tiny end-to-end pretraining runs: loss falls, run folder, preset hand-off, errors up front."""
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import keras_hub
+import numpy as np
+import pytest
+import sentencepiece
+from conftest import TINY, compose_config
+from test_pretraining_data import synthetic_documents, write_corpus
+
+from app.config import validate
+from app.data.task import TaskSpec
+from app.errors import ConfigError, DataError
+from app.models.classifier import build_task_model
+from app.tokenizer import build_tokenizer
+from app.train import train
+
+PRETRAIN = [
+    *TINY,
+    "experiment=pretrain_wikitext2",
+    "data=text_corpus",
+    "data.sequence_length=32",
+    "data.max_predictions=6",
+    "trainer.epochs=3",
+    "optimizer.learning_rate=0.05",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("corpus")
+    write_corpus(out / "part1.txt", synthetic_documents(70, seed=11))
+    write_corpus(out / "more" / "part2.txt", synthetic_documents(70, seed=12))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus_dir, tmp_path_factory) -> tuple[dict, Path]:
+    cfg = compose_config(*PRETRAIN, f"data.dir={corpus_dir}")
+    run_dir = tmp_path_factory.mktemp("pretrain") / "run"
+    return train(cfg, run_dir), run_dir
+
+
+def test_tiny_pretraining_run_loss_falls(pretrained):
+    metrics, run_dir = pretrained
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    for name in ("env.json", "metrics.json", "tokenizer/spm.model", "checkpoints/best.weights.h5",
+                 "checkpoints/last.weights.h5", "export/model.keras",
+                 "export/preset/config.json", "export/preset/tokenizer.json",
+                 "export/preset/model.weights.h5"):
+        assert (run_dir / name).is_file(), name
+    assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    assert set(metrics["final"]) == {"val_loss", "val_mlm_loss", "val_sop_loss",
+                                     "val_mlm_accuracy", "val_mlm_perplexity", "val_sop_accuracy"}
+    assert all(math.isfinite(v) for v in metrics["final"].values())
+    losses = metrics["history"]["loss"]
+    assert losses[-1] < losses[0]
+    assert metrics["final"]["val_mlm_loss"] < metrics["initial"]["val_mlm_loss"] - 0.3
+    assert metrics["final"]["val_mlm_perplexity"] == pytest.approx(
+        math.exp(metrics["final"]["val_mlm_loss"]), rel=1e-3)
+    assert metrics["optimized_metric"]["name"] == "val_mlm_accuracy"
+
+
+def same_weights(left: list, right: list) -> bool:
+    return len(left) == len(right) and all(
+        np.array_equal(a, b) for a, b in zip(left, right, strict=True))
+
+
+def test_exported_preset_holds_the_pretrained_weights_and_tokenizer(pretrained):
+    _, run_dir = pretrained
+    preset = str(run_dir / "export" / "preset")
+    pretrainer = keras.saving.load_model(run_dir / "export" / "model.keras", compile=False)
+    backbone = keras_hub.models.AlbertBackbone.from_preset(preset)
+    assert same_weights(backbone.get_weights(), pretrainer.backbone.get_weights())
+    tokenizer = keras_hub.models.AlbertTokenizer.from_preset(preset)
+    assert tokenizer.proto == (run_dir / "tokenizer" / "spm.model").read_bytes()
+    # The preset is also a complete AlbertMaskedLM (head included).
+    masked_lm = keras_hub.models.AlbertMaskedLM.from_preset(preset)
+    assert same_weights(masked_lm.masked_lm_head.get_weights(),
+                        pretrainer.masked_lm_head.get_weights())
+
+
+def test_fine_tuning_from_the_preset_starts_from_the_pretrained_weights(pretrained):
+    _, run_dir = pretrained
+    preset = run_dir / "export" / "preset"
+    pretrainer = keras.saving.load_model(run_dir / "export" / "model.keras", compile=False)
+    cfg = compose_config(*TINY, f"model.preset={preset}")
+    tokenizer = build_tokenizer(cfg, [], run_dir / "finetune_tokenizer")
+    assert tokenizer.proto == (run_dir / "tokenizer" / "spm.model").read_bytes()
+    task = TaskSpec(kind="classification", label_names=("neg", "pos"))
+    classifier = build_task_model(cfg.model, task, tokenizer.vocabulary_size())
+    assert same_weights(classifier.backbone.get_weights(), pretrainer.backbone.get_weights())
+
+
+def test_missing_corpus_files_fail_validation(corpus_dir):
+    cfg = compose_config(*PRETRAIN, f"data.dir={corpus_dir}", "data.train_file=*.md")
+    with pytest.raises(ConfigError, match=r"`data.train_file` matches no file. Received: '\*.md'"):
+        validate(cfg)
+    cfg = compose_config(*PRETRAIN, f"data.dir={corpus_dir}", "data.masked_lm_prob=1.5")
+    with pytest.raises(ConfigError, match="`data.masked_lm_prob` must be in"):
+        validate(cfg)
+
+
+@pytest.mark.parametrize(("text", "error", "message"), [
+    ("\n\n\n", DataError, "training corpus has no text"),
+    ("\n\n".join(" ".join(d[:1]) for d in synthetic_documents(60, seed=5)), DataError,
+     "documents has two or more sentences"),
+])
+def test_bad_corpus_fails_before_training(tmp_path, text, error, message):
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    cfg = compose_config(*PRETRAIN, f"data.dir={tmp_path}")
+    with pytest.raises(error, match=message):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "failed"
+
+
+def test_tokenizer_without_mask_piece_fails_before_training(corpus_dir, tmp_path):
+    sentences = [s for d in synthetic_documents(40, seed=6) for s in d]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_prefix=str(tmp_path / "nomask"), vocab_size=50,
+        pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, control_symbols=["[CLS]", "[SEP]"],
+        hard_vocab_limit=False, minloglevel=2)
+    cfg = compose_config(*PRETRAIN, f"data.dir={corpus_dir}",
+                         f"tokenizer.proto={tmp_path / 'nomask.model'}")
+    with pytest.raises(ConfigError, match=r"lacks ALBERT's special pieces \['\[MASK\]'\]"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
