@@ -108,10 +108,11 @@ class ProgressLog(keras.callbacks.Callback):
 class HParamsSummary(keras.callbacks.Callback):
     """Writes the run's hyperparameters and final metrics for TensorBoard's HParams dashboard."""
 
-    def __init__(self, log_dir: Path, hparams: dict):
+    def __init__(self, log_dir: Path, hparams: dict, evaluation: keras.callbacks.Callback):
         super().__init__()
         self.log_dir = str(log_dir)
         self.hparams = hparams
+        self.evaluation = evaluation
 
     def on_train_begin(self, logs=None):
         with tf.summary.create_file_writer(self.log_dir).as_default():
@@ -119,7 +120,7 @@ class HParamsSummary(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         with tf.summary.create_file_writer(self.log_dir).as_default():
-            for name, value in (logs or {}).items():
+            for name, value in self.evaluation.latest.items():
                 tf.summary.scalar(f"final/{name}", value, step=0)
 
 

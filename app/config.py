@@ -61,6 +61,8 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     shuffle_buffer: int = 100_000
+    # Fine-tuning: batch similar lengths together, cut padding to these lengths (null: off).
+    bucket_boundaries: list[int] | None = None
     # Pretraining (task: pretraining; see app.pretraining): train_file/eval_file are globs.
     document_pattern: str | None = None   # regex of heading lines starting a document
     skip_pattern: str | None = None       # regex of lines to drop
@@ -256,6 +258,13 @@ def _validate_data(data: DictConfig) -> None:
     _check_at_least("data.max_train_examples", data.max_train_examples, 1)
     _check_at_least("data.max_eval_examples", data.max_eval_examples, 1)
     _check_at_least("data.shuffle_buffer", data.shuffle_buffer, 1)
+    boundaries = list(data.bucket_boundaries or [])
+    _check(
+        boundaries == sorted(set(boundaries)) and all(0 < b < data.sequence_length
+                                                      for b in boundaries),
+        f"`data.bucket_boundaries` must be ascending lengths below `data.sequence_length` "
+        f"({data.sequence_length}). Received: {boundaries}",
+    )
 
 
 def _validate_trainer(trainer: DictConfig) -> None:

@@ -37,7 +37,8 @@ def build_fine_tuning(
     )
     batch_size = cfg.trainer.batch_size
     batches = epoch_stream(tokenized(train_split, preprocessor), len(train_split), batch_size,
-                           cfg.data.shuffle_buffer, cfg.seed, cfg.trainer.epochs)
+                           cfg.data.shuffle_buffer, cfg.seed, cfg.trainer.epochs,
+                           bucket_boundaries=cfg.data.bucket_boundaries)
     steps_per_epoch = math.ceil(len(train_split) / batch_size)
 
     with strategy.scope():

@@ -121,13 +121,10 @@ def load_model(run: Run, checkpoint: str = "export") -> keras_hub.models.TextCla
                           f"Received: {checkpoint!r}")
     model_file = run.path / "export" / "model.keras"
     if checkpoint == "export" and model_file.is_file():
-        # Keras' safe mode covers the config only; not app.loading.load_model, whose
-        # SafeModeScope also covers asset loading, where keras-hub's SentencePiece tokenizer
-        # then refuses its own vocabulary file (keras-hub 0.32.0).
         with warnings.catch_warnings():
             # The saved optimizer and compile settings are not needed for inference.
             warnings.simplefilter("ignore", UserWarning)
-            return keras.saving.load_model(model_file, compile=False, safe_mode=True)
+            return loading.load_model(model_file, compile=False)
     name = "best" if checkpoint == "export" else checkpoint
     return _rebuild(run, run.path / "checkpoints" / f"{name}.weights.h5")
 
@@ -142,5 +139,8 @@ def _rebuild(run: Run, weights: Path) -> keras_hub.models.TextClassifier:
     model = build_task_model(run.config.model, run.task, tokenizer.vocabulary_size())
     model.preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
         tokenizer, sequence_length=run.config.data.sequence_length)
-    loading.load_weights(model, weights)
+    with warnings.catch_warnings():
+        # Checkpoints also hold the optimizer's variables, which inference does not need.
+        warnings.simplefilter("ignore", UserWarning)
+        loading.load_weights(model, weights)
     return model

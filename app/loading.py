@@ -61,7 +61,9 @@ def load_model(path: str | Path, compile: bool = True) -> keras.Model:
     if not zipfile.is_zipfile(path):
         raise DataError(f"'{path}' is not a `.keras` archive (a zip file); was it truncated?")
     try:
-        with SafeModeScope(True):
+        # Neutral global flag: keras.config.enable_unsafe_deserialization() would override
+        # safe_mode=True, while a global True would also refuse the tokenizer's own vocabulary.
+        with SafeModeScope(None):
             return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile,
             json.JSONDecodeError) as error:
@@ -116,6 +118,11 @@ def _load_tokenizer(cls, preset: str):
     `from_preset` in safe mode refuses every tokenizer, since it loads the vocabulary from a
     file path; that file is the preset's own asset, so it is loaded outside the scope.
     """
+    # As from_preset does first: the preset's model config must name a registered class.
+    config = preset_utils.load_json(preset, preset_utils.CONFIG_FILE)
+    name = config.get("registered_name") or config.get("class_name")
+    if keras.saving.get_registered_object(name) is None:
+        raise ValueError(f"no class registered with Keras for {name}. ")
     with SafeModeScope(True):
         tokenizer = keras.saving.deserialize_keras_object(
             preset_utils.load_json(preset, preset_utils.TOKENIZER_CONFIG_FILE)

@@ -1,4 +1,9 @@
-"""Fine-tune ALBERT: `python -m app [overrides]` composes `conf/` and runs `train(cfg)`."""
+"""Train ALBERT: `python -m app [overrides]` composes `conf/` and runs `train(cfg)`.
+
+The flow: validate -> strategy, session, seed -> the task's job (data, tokenizer, pipelines,
+compiled model; app.finetune or app.pretraining) -> fit with checkpoints and resume -> export
+-> metrics.json.
+"""
 
 import logging
 import math
@@ -74,7 +79,7 @@ def _fit(cfg: DictConfig, run_dir: Path) -> dict:
         job.evaluation,  # first: the callbacks below read its val_* entries
         *instantiate_callbacks(cfg.callbacks, run_dir, runtime),
         *instantiate_callbacks(cfg.logger, run_dir, runtime),
-        HParamsSummary(run_dir / "tensorboard", flat_hparams(cfg)),
+        HParamsSummary(run_dir / "tensorboard", flat_hparams(cfg), job.evaluation),
         progress,
         epochs_log,
         checkpoint,

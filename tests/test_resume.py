@@ -45,7 +45,10 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def finish(process: subprocess.Popen, expected: int = 0) -> str:
-    output, _ = process.communicate(timeout=400)
+    try:
+        output, _ = process.communicate(timeout=400)
+    finally:
+        process.kill()
     assert process.returncode == expected, output[-4000:]
     return output
 
@@ -106,7 +109,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, long_data, refe
     assert_same_outcome(run_dir, reference)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM,
+                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signal_saves_exits_and_resumes(tmp_path, long_data, reference, signum):
     run_dir = tmp_path / "run"
     process = start(*overrides(long_data, run_dir))

@@ -63,7 +63,9 @@ def assert_completed_run(run_dir: Path, metrics: dict, metric_keys: set[str], ep
     assert metrics["history"]["val_loss"][-1] == metrics["final"]["val_loss"]
     assert {"epoch_loss", "epoch_learning_rate"} <= tensorboard_tags(run_dir / "tensorboard/train")
     assert "epoch_loss" in tensorboard_tags(run_dir / "tensorboard/validation")
-    assert "_hparams_/session_start_info" in tensorboard_tags(run_dir / "tensorboard")
+    hparams_tags = tensorboard_tags(run_dir / "tensorboard")
+    assert "_hparams_/session_start_info" in hparams_tags
+    assert {f"final/{name}" for name in metric_keys} <= hparams_tags
 
 
 def test_single_sentence_classification(tmp_path, sentiment_dir):

@@ -10,6 +10,8 @@ from app.data.task import Split
 TOKENIZE_CHUNK = 1024
 # Mixes the run seed with the epoch so each epoch's order depends on (seed, epoch) alone.
 EPOCH_SEED_STRIDE = 1_000_003
+# Length bucketing sorts windows of this many batches by length (see length_bucketed).
+BUCKET_WINDOW = 16
 
 
 def tokenized(split: Split, preprocessor) -> tf.data.Dataset:
@@ -41,6 +43,45 @@ def build_dataset(split: Split, preprocessor, batch_size: int) -> tf.data.Datase
     return tokenized(split, preprocessor).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def length_bucketed(
+    shuffled: tf.data.Dataset, batch_size: int, boundaries: list[int], seed
+) -> tf.data.Dataset:
+    """Batches of similar length, each cut to the smallest bucket boundary that fits it.
+
+    Every window of BUCKET_WINDOW batches' worth of (already shuffled) examples is sorted by
+    length and batched, and the window's batches are shuffled (seeded): the epoch keeps the
+    same examples and number of batches, the order depends on (seed, epoch) alone (step-exact
+    resume holds), and batches take only len(boundaries) + 1 shapes (a handful of XLA
+    programs). Padding is masked, so cutting it changes no output; it saves its compute.
+
+    Args:
+        shuffled: fixed-length (features, target) examples with a `padding_mask` feature.
+        batch_size: the global batch size.
+        boundaries: ascending bucket lengths; the full sequence length is the last bucket.
+        seed: the epoch's shuffle seed.
+    """
+
+    def sort_window(features, targets):
+        order = tf.argsort(tf.reduce_sum(features["padding_mask"], axis=1), stable=True)
+        return tf.nest.map_structure(lambda t: tf.gather(t, order), (features, targets))
+
+    def cut(features, targets):
+        full = tf.shape(features["padding_mask"])[1]
+        longest = tf.reduce_max(tf.reduce_sum(features["padding_mask"], axis=1))
+        buckets = tf.concat([tf.constant(boundaries, tf.int32), [full]], axis=0)
+        length = tf.reduce_min(tf.boolean_mask(buckets, buckets >= longest))
+        return {name: value[:, :length] for name, value in features.items()}, targets
+
+    return (
+        shuffled.batch(batch_size * BUCKET_WINDOW)
+        .map(sort_window)
+        .unbatch()
+        .batch(batch_size)
+        .map(cut, num_parallel_calls=tf.data.AUTOTUNE)
+        .shuffle(BUCKET_WINDOW, seed=seed, reshuffle_each_iteration=False)
+    )
+
+
 def epoch_stream(
     examples: tf.data.Dataset,
     count: int,
@@ -49,6 +90,7 @@ def epoch_stream(
     seed: int,
     epochs: int,
     per_example: Callable | None = None,
+    bucket_boundaries: list[int] | None = None,
 ) -> Callable[[int], tf.data.Dataset]:
     """A function `start -> batches of every epoch from global batch index `start` on`.
 
@@ -65,6 +107,7 @@ def epoch_stream(
         seed: the run seed.
         epochs: how many epochs the stream holds.
         per_example: an optional map applied after shuffling, with its seed.
+        bucket_boundaries: batch by length and cut padding (see `length_bucketed`).
     """
     buffer = min(shuffle_buffer, count)
 
@@ -76,6 +119,8 @@ def epoch_stream(
                 lambda i, example: per_example(example, tf.stack([epoch_seed, i])),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
+        if bucket_boundaries:
+            return length_bucketed(shuffled, batch_size, list(bucket_boundaries), epoch_seed)
         return shuffled.batch(batch_size)
 
     stream = tf.data.Dataset.range(epochs).flat_map(epoch_batches)
