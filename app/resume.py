@@ -217,34 +217,6 @@ class stop_on_signals:  # noqa: N801 (used as a context manager, like contextlib
             signal.signal(signum, handler)
 
 
-def fit_from(
-    model: keras.Model,
-    batches: Callable[[int], object],
-    first_step: int,
-    steps_per_epoch: int,
-    epochs: int,
-    callbacks: list,
-) -> None:
-    """`model.fit` from global batch `first_step` on (history: see EpochLog).
-
-    A resume inside an epoch runs that epoch's remaining batches as one short `fit`, then the
-    remaining epochs; `batches(step)` gives the batch stream starting at global batch `step`.
-    """
-    epoch, offset = divmod(first_step, steps_per_epoch)
-    while epoch < epochs and not model.stop_training:
-        last_epoch = epoch + 1 if offset else epochs
-        model.fit(
-            batches(epoch * steps_per_epoch + offset),
-            initial_epoch=epoch,
-            epochs=last_epoch,
-            steps_per_epoch=steps_per_epoch - offset,
-            callbacks=callbacks,
-            shuffle=False,
-            verbose=0,
-        )
-        epoch, offset = last_epoch, 0
-
-
 def _scale_learning_rate(model: keras.Model, factor: float) -> None:
     """Scale the peak of the run's WarmupLinearDecay schedule and retrace the train step."""
     schedule = model.optimizer._learning_rate  # the schedule object (Keras keeps no public handle)
@@ -262,18 +234,31 @@ def fit_with_recovery(
     checkpoint: StepCheckpoint,
     trainer: DictConfig,
 ) -> None:
-    """Train to the end, saving and stopping on SIGTERM/SIGINT (raises Preempted).
+    """`model.fit` from global batch `first_step` to the end of `epochs` (history: EpochLog),
+    saving and stopping on SIGTERM/SIGINT (raises Preempted).
 
     On a NaN or infinite loss the state of that step is not saved; with
     `trainer.on_nonfinite_loss=fail` the run stops (TrainingDiverged), with `rollback` it
     restores the last good state and continues with the learning rate times
     `trainer.rollback_lr_factor`, at most `trainer.max_rollbacks` times.
     """
+
+    def fit_from(step: int) -> None:
+        # A resume inside an epoch runs that epoch's remaining batches as one short `fit`,
+        # then the remaining epochs; `batches(step)` starts at global batch `step`.
+        epoch, offset = divmod(step, steps_per_epoch)
+        while epoch < epochs and not model.stop_training:
+            last_epoch = epoch + 1 if offset else epochs
+            model.fit(batches(epoch * steps_per_epoch + offset), initial_epoch=epoch,
+                      epochs=last_epoch, steps_per_epoch=steps_per_epoch - offset,
+                      callbacks=callbacks, shuffle=False, verbose=0)
+            epoch, offset = last_epoch, 0
+
     rollbacks = 0
     step = first_step
     with stop_on_signals(checkpoint):
         while True:
-            fit_from(model, batches, step, steps_per_epoch, epochs, callbacks)
+            fit_from(step)
             if checkpoint.preempted:
                 raise Preempted(checkpoint.step)
             if checkpoint.diverged_at is None:
