@@ -51,6 +51,7 @@ from app.instantiate import check_config
 from app.pretraining.corpus import expand_files
 from app.pretraining.pipeline import corpus_documents, pretraining_examples
 from app.pretraining.run import build_masker, build_pretraining
+from app.pretraining.sentence_order import order_and_mask
 from app.resume import STATE_DIR, StepCheckpoint
 from app.run_dir import write_json
 from app.strategy import build_strategy
@@ -236,7 +237,7 @@ def fresh_pipeline(cfg: DictConfig, run_dir: Path) -> tuple:
         documents = partial(corpus_documents, files, data, holdout=holdout)
         examples, count = pretraining_examples(documents, processor, data, cfg.seed,
                                                max_examples=data.max_train_examples)
-        per_example = build_masker(tokenizer, data)
+        per_example = order_and_mask(build_masker(tokenizer, data))
     else:
         _, split, _ = load_task_data(data)
         preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(

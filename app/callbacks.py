@@ -67,7 +67,8 @@ class CompiledEvaluation(keras.callbacks.Callback):
 
 
 class ProgressLog(keras.callbacks.Callback):
-    """Log lines every `every_n_steps` steps and per epoch: loss, learning rate, examples/s."""
+    """Log lines every `every_n_steps` steps and per epoch: loss and the other training metrics
+    (running means over the epoch), learning rate, examples/s."""
 
     def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every_n_steps: int):
         super().__init__()
@@ -90,10 +91,11 @@ class ProgressLog(keras.callbacks.Callback):
         self.last_logged = step
         elapsed = time.perf_counter() - self.epoch_start
         learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "loss")
         log.info(
-            "epoch %d/%d step %d/%d loss %.4f lr %.3g %.1f examples/s",
+            "epoch %d/%d step %d/%d loss %.4f %s lr %.3g %.1f examples/s",
             self.epoch + 1, self.epochs, step, self.steps_per_epoch, (logs or {}).get("loss", 0.0),
-            learning_rate, step * self.batch_size / max(elapsed, 1e-9),
+            metrics, learning_rate, step * self.batch_size / max(elapsed, 1e-9),
         )
 
     def on_epoch_end(self, epoch, logs=None):

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from app.data.pipeline import epoch_stream
 from app.errors import ConfigError, DataError
 from app.pretraining.corpus import expand_files, iter_documents, split_sentences
-from app.pretraining.examples import SOP_SWAPPED, SpecialIds, document_pairs, pack_pair
+from app.pretraining.examples import SpecialIds, document_pairs, pack_pair
 from app.pretraining.masking import NGramMasker
 from app.pretraining.pipeline import (
     corpus_documents,
@@ -21,6 +21,7 @@ from app.pretraining.pipeline import (
     pretraining_examples,
     special_ids,
 )
+from app.pretraining.sentence_order import SOP_SWAPPED, draw_sentence_order, order_and_mask
 from app.tokenizer import SPECIAL_PIECES, train_sentencepiece
 
 SUBJECTS = ["The cat", "A dog", "My friend", "The teacher", "Our neighbour", "The old man"]
@@ -96,21 +97,48 @@ def test_expand_files_names_the_key_when_nothing_matches(tmp_path):
         expand_files(tmp_path, "*.txt", "data.train_file")
 
 
-def test_sop_pairs_are_half_swapped_and_swapped_pairs_really_swapped():
+def test_pairs_keep_document_order_within_length():
     rng = np.random.default_rng(0)
-    labels = []
-    for _ in range(1000):
+    pairs = 0
+    for _ in range(200):
         # Sentence k holds tokens 100k..100k+n: order is visible in the ids.
         document = [list(range(100 * k, 100 * k + rng.integers(2, 9))) for k in range(1, 12)]
-        for a, b, label in document_pairs(document, 29, short_seq_prob=0.1, rng=rng):
-            assert a and b and len(a) + len(b) <= 29
-            if label == SOP_SWAPPED:
-                assert min(a) > max(b)
-            else:
-                assert max(a) < min(b)
-            labels.append(label)
-    assert len(labels) > 1500
-    assert abs(np.mean(labels) - 0.5) < 0.04
+        for a, b in document_pairs(document, 29, short_seq_prob=0.1, rng=rng):
+            assert a and b and len(a) + len(b) <= 29 and max(a) < min(b)
+            pairs += 1
+    assert pairs > 300
+
+
+def test_sentence_order_is_half_swapped_swaps_really_swap_and_change_each_epoch():
+    ids = SpecialIds(pad=0, cls=2, sep=3, mask=4)
+    rng = np.random.default_rng(0)
+    examples = []
+    for _ in range(400):
+        size_a, size_b = rng.integers(1, 10, size=2)
+        a, b = list(range(10, 10 + size_a)), list(range(50, 50 + size_b))
+        examples.append(dict(zip(("token_ids", "segment_ids", "padding_mask"),
+                                 pack_pair(a, b, 24, ids), strict=True)))
+
+    def draw(epoch):
+        labels = []
+        for i, example in enumerate(examples):
+            out = draw_sentence_order({k: tf.constant(v) for k, v in example.items()},
+                                      tf.constant([epoch, i], tf.int64))
+            a = [t for t in example["token_ids"] if 10 <= t < 50]
+            b = [t for t in example["token_ids"] if t >= 50]
+            first, second = (b, a) if int(out["sop_label"]) == SOP_SWAPPED else (a, b)
+            want = pack_pair(first, second, 24, ids)
+            assert out["token_ids"].numpy().tolist() == want[0].tolist()
+            assert out["segment_ids"].numpy().tolist() == want[1].tolist()
+            assert out["padding_mask"].numpy().tolist() == example["padding_mask"].tolist()
+            labels.append(int(out["sop_label"]))
+        return np.array(labels)
+
+    epoch_1, epoch_2 = draw(1), draw(2)
+    assert abs(epoch_1.mean() - 0.5) < 0.08 and abs(epoch_2.mean() - 0.5) < 0.08
+    assert (draw(1) == epoch_1).all()
+    # Independent draws per epoch: a pair's label is not fixed, so it cannot be memorized.
+    assert 0.4 < (epoch_1 != epoch_2).mean() < 0.6
 
 
 def test_short_seq_prob_makes_shorter_pairs():
@@ -118,7 +146,7 @@ def test_short_seq_prob_makes_shorter_pairs():
     document = [[5] * 4 for _ in range(200)]
 
     def mean_length(prob):
-        return np.mean([len(a) + len(b) for a, b, _ in document_pairs(document, 60, prob, rng)])
+        return np.mean([len(a) + len(b) for a, b in document_pairs(document, 60, prob, rng)])
 
     assert mean_length(1.0) < 0.75 * mean_length(0.0)
 
@@ -226,7 +254,7 @@ def pipeline(documents, processor, seed, training=True, data=None, epochs=2):
     if not training:
         return masked_eval_batches(examples, masker, 16, seed), count
     stream = epoch_stream(examples, count, 16, data.shuffle_buffer, seed, epochs,
-                          per_example=masker)
+                          per_example=order_and_mask(masker))
     return stream, -(-count // 16)
 
 

@@ -1,17 +1,16 @@
-"""Sentence-order-prediction pairs as in ALBERT: pack a document's sentences into segments A, B.
+"""Sentence pairs as in ALBERT: pack a document's consecutive sentences into segments A, B.
 
 Following ALBERT's `create_pretraining_data.py`: consecutive sentences of one document are
 gathered up to a target length (`sequence_length - 3`, or a random shorter one with
-`short_seq_prob`), split at a random sentence boundary into A and B, and with probability 1/2
-swapped (SOP label 1; kept in order: label 0). Pairs never span two documents.
+`short_seq_prob`) and split at a random sentence boundary into A and B. Pairs never span two
+documents. They are kept in order here; app.pretraining.sentence_order swaps half of them,
+drawn afresh every epoch.
 """
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-
-SOP_IN_ORDER, SOP_SWAPPED = 0, 1
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,8 @@ def document_pairs(
     max_tokens: int,
     short_seq_prob: float,
     rng: np.random.Generator,
-) -> Iterator[tuple[list[int], list[int], int]]:
-    """(segment A, segment B, SOP label) triples from one tokenized document.
+) -> Iterator[tuple[list[int], list[int]]]:
+    """(segment A, segment B) pairs, in document order, from one tokenized document.
 
     Args:
         document: the document's sentences as token ids.
@@ -61,12 +60,9 @@ def document_pairs(
                 split = int(rng.integers(1, len(chunk)))
                 a = [t for s in chunk[:split] for t in s]
                 b = [t for s in chunk[split:] for t in s]
-                label = SOP_IN_ORDER
-                if rng.random() < 0.5:
-                    a, b, label = b, a, SOP_SWAPPED
                 _truncate_pair(a, b, max_tokens, rng)
                 if a and b:
-                    yield a, b, label
+                    yield a, b
             chunk, length = [], 0
             target = max_tokens
             if rng.random() < short_seq_prob:
@@ -93,14 +89,13 @@ def iter_examples(
     short_seq_prob: float,
     seed: int,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Packed SOP examples from tokenized documents, reproducible from `seed`.
+    """Packed in-order pairs from tokenized documents, reproducible from `seed`.
 
-    Yields dicts of `token_ids`, `segment_ids`, `padding_mask` (int32, `sequence_length`) and
-    `sop_label` (int32 scalar).
+    Yields dicts of `token_ids`, `segment_ids`, `padding_mask` (int32, `sequence_length`).
     """
     rng = np.random.default_rng(seed)
     for document in documents:
-        for a, b, label in document_pairs(document, sequence_length - 3, short_seq_prob, rng):
+        for a, b in document_pairs(document, sequence_length - 3, short_seq_prob, rng):
             token_ids, segment_ids, padding_mask = pack_pair(a, b, sequence_length, ids)
             yield {"token_ids": token_ids, "segment_ids": segment_ids,
-                   "padding_mask": padding_mask, "sop_label": np.int32(label)}
+                   "padding_mask": padding_mask}

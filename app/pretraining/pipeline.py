@@ -1,8 +1,8 @@
-"""tf.data pipelines for pretraining: stream corpus -> tokenize -> SOP pairs (cached) -> mask.
+"""tf.data pipelines for pretraining: stream corpus -> tokenize -> pairs (cached) -> order, mask.
 
 Reading, sentence splitting and SentencePiece tokenization run once, in a Python generator
-(streaming; the packed pairs are cached in memory). Shuffling and n-gram masking run every epoch
-in tf.data ops, so masks are fresh each epoch and reproducible from the seed.
+(streaming; the packed pairs are cached in memory). Shuffling, the sentence-order swap and n-gram
+masking run every epoch in tf.data ops, so both are fresh each epoch and reproducible from the seed.
 """
 
 import logging
@@ -18,6 +18,7 @@ from app.errors import ConfigError, DataError
 from app.pretraining.corpus import iter_documents
 from app.pretraining.examples import SpecialIds, iter_examples
 from app.pretraining.masking import NGramMasker
+from app.pretraining.sentence_order import order_and_mask
 from app.tokenizer import SPECIAL_PIECES
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,7 @@ def _tokenized(documents, processor, stats: CorpusStats):
 
 def _signature(sequence_length: int) -> dict:
     row = tf.TensorSpec([sequence_length], tf.int32)
-    return {"token_ids": row, "segment_ids": row, "padding_mask": row,
-            "sop_label": tf.TensorSpec([], tf.int32)}
+    return {"token_ids": row, "segment_ids": row, "padding_mask": row}
 
 
 def pretraining_examples(
@@ -96,17 +96,17 @@ def pretraining_examples(
     max_examples: int | None = None,
     description: str = "corpus",
 ) -> tuple[tf.data.Dataset, int]:
-    """Packed sentence-order examples (unmasked), cached in memory, and their number.
+    """Packed in-order sentence pairs (unmasked), cached in memory, and their number.
 
-    Reading, sentence splitting and tokenizing happen once, while counting fills the cache;
-    masking is applied afterwards (`masked_eval_batches`, or per epoch through
-    app.data.pipeline.epoch_stream for training).
+    Reading, sentence splitting and tokenizing happen once, while counting fills the cache; the
+    sentence order and the masks are drawn afterwards (`masked_eval_batches`, or per epoch with
+    `order_and_mask` through app.data.pipeline.epoch_stream for training).
 
     Args:
         documents_fn: a callable returning a fresh iterator of documents (lists of sentences).
         processor: the SentencePiece model (ALBERT's special pieces checked by the caller).
         data: the `data` config (`sequence_length`, `short_seq_prob`).
-        seed: pairs and swaps derive from it.
+        seed: the pairs (target lengths, split points) derive from it.
         max_examples: stop after this many examples.
         description: names the data in errors.
 
@@ -145,11 +145,13 @@ def pretraining_examples(
 def masked_eval_batches(
     examples: tf.data.Dataset, masker: NGramMasker, batch_size: int, seed: int
 ) -> tf.data.Dataset:
-    """Evaluation batches in corpus order, with the same masks every epoch (seeded by position)."""
+    """Evaluation batches in corpus order, with the same sentence orders and masks every epoch
+    (seeded by position)."""
     eval_seed = tf.constant(seed + 1, tf.int64)
+    transform = order_and_mask(masker)
     return (
         examples.enumerate()
-        .map(lambda i, example: masker(example, tf.stack([eval_seed, i])),
+        .map(lambda i, example: transform(example, tf.stack([eval_seed, i])),
              num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)

@@ -34,6 +34,7 @@ from app.pretraining.pipeline import (
     pretraining_examples,
     special_ids,
 )
+from app.pretraining.sentence_order import order_and_mask
 from app.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def build_pretraining(
     log.info("Pretraining on %d examples, evaluating on %d", num_train, num_eval)
     batch_size = cfg.trainer.batch_size
     batches = epoch_stream(train, num_train, batch_size, cfg.data.shuffle_buffer, cfg.seed,
-                           cfg.trainer.epochs, per_example=masker)
+                           cfg.trainer.epochs, per_example=order_and_mask(masker))
     steps_per_epoch = math.ceil(num_train / batch_size)
 
     with strategy.scope():
