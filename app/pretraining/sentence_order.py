@@ -3,7 +3,7 @@
 Pairs are packed once, in document order; which of them are swapped is drawn afresh from each
 example's stateless seed, so one pair is in order in one epoch and swapped in another. With a
 fixed swap per pair, the sentence-order head learns the pairs by heart over several epochs
-(WikiText-2: training SOP accuracy 0.62 while validation fell back to chance).
+(WikiText-2, 5 epochs: training SOP accuracy rose to 0.72 while validation fell to 0.51).
 """
 
 import tensorflow as tf
