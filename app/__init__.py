@@ -1,1 +1,17 @@
 """albert-trainer: train ALBERT language models with Keras and keras-hub, driven by Hydra."""
+
+import os
+import sys
+
+
+def _started_as_command() -> bool:
+    """Whether this process is one of the app's commands (`albert-*`, `python -m app...`)."""
+    # While `python -m app.<command>` locates its module, sys.argv[0] is "-m".
+    return sys.argv[0] == "-m" or os.path.basename(sys.argv[0]).startswith("albert-")
+
+
+if _started_as_command():
+    # Before any module imports TensorFlow, whose start-up lines would reach the terminal.
+    from app.runtime.native_logs import filter_native_logs
+
+    filter_native_logs()

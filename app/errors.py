@@ -1,4 +1,7 @@
-"""User-facing errors: each says what was received and what is expected."""
+"""The exceptions that end a command: user errors (each says what was received and what is
+expected) and a preempted run."""
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGINT after saving; resume it.
 
 
 class AppError(Exception):
@@ -11,3 +14,11 @@ class ConfigError(AppError):
 
 class DataError(AppError):
     """A data file is missing, unreadable or malformed."""
+
+
+class Preempted(Exception):  # noqa: N818 (a stop, not an error)
+    """Training stopped on a signal after saving the state of global batch `step`."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped by a signal after step {step}")
+        self.step = step

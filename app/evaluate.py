@@ -1,8 +1,8 @@
-"""Task metrics of a finished run on any labelled file, in a fresh process.
+"""`albert-evaluate`: task metrics of a finished run on any labelled file, in a fresh process.
 
-    python -m app.evaluate run=<run_dir>                       # the run's own eval split
-    python -m app.evaluate run=<run_dir> split=test            # <data.dir>/test.<format>
-    python -m app.evaluate run=<run_dir> data=other.csv data.text_column=review split=other
+    albert-evaluate run=<run_dir>                        # the run's own eval split
+    albert-evaluate run=<run_dir> split=test             # <data.dir>/test.<format>
+    albert-evaluate run=<run_dir> input=other.csv data.text_column=review split=other
 
 Reads the file with the readers and column settings of training (each `data.*` key
 overridable), uses the run's label names, and writes `eval_<split>.json` in the run folder
@@ -16,27 +16,22 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from app.cli import parse_args, run_tool
+from app.config.schema import EvaluateConfig
 from app.errors import ConfigError
-from app.inference import (
-    data_defaults,
-    data_overrides,
+from app.models.classifier import task_loss
+from app.runs.read import open_run
+from app.runs.record import write_json
+from app.runtime.console import command
+from app.tasks.inference import (
     data_settings,
     features,
     load_model,
     predict_batches,
     read_inputs,
 )
-from app.metrics import evaluate_predictions
-from app.models.classifier import task_loss
-from app.run_dir import write_json
-from app.runs import open_run
+from app.training.metrics import evaluate_predictions
 
 log = logging.getLogger(__name__)
-
-DEFAULTS = {"run": None, "data": None, "split": None, "checkpoint": "export", "batch_size": 64,
-            "progress": True, **data_defaults()}
-
 
 def eval_file(run_data, split: str | None) -> Path:
     """The file a split names: the training files for train/dev/eval, else <dir>/<split>.<fmt>."""
@@ -48,28 +43,28 @@ def eval_file(run_data, split: str | None) -> Path:
     return directory / f"{split}.{run_data.format}"
 
 
-def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
+def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | None = None,
              checkpoint: str = "export", batch_size: int = 64, progress: bool = True,
              overrides: dict | None = None) -> dict:
     """Evaluate a finished run on a labelled file and write `eval_<split>.json` beside it.
 
     Args:
         run_dir: the run folder.
-        data: the labelled file; default: the file `split` names in the run's data folder.
+        input: the labelled file; default: the file `split` names in the run's data folder.
         split: the evaluation's name (and, without `data`, which file: train, dev or any
-            `<name>` for `<data.dir>/<name>.<format>`); default: `data`'s file stem, or dev.
+            `<name>` for `<data.dir>/<name>.<format>`); default: `input`'s file stem, or dev.
         checkpoint: `export` (final model), `best` or `last` checkpoint.
         batch_size: examples per prediction batch.
         progress: show a progress bar.
         overrides: `data.*` settings replacing the run's (format, text_column,
-            text_pair_column, label_column), e.g. `{"data.label_column": "stars"}`.
+            text_pair_column, label_column; None: as in training), e.g. `{"label_column": "stars"}`.
 
     Returns:
         The evaluation record written to `eval_<split>.json`.
     """
     run = open_run(run_dir)
-    path = Path(data) if data is not None else eval_file(run.config.data, split)
-    name = split or (path.stem if data is not None else "dev")
+    path = Path(input) if input is not None else eval_file(run.config.data, split)
+    name = split or (path.stem if input is not None else "dev")
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"`split` names the output eval_<split>.json and must be letters, "
                           f"digits, - or _. Received: {name!r}")
@@ -97,20 +92,20 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, split: str | N
         "metrics": {"loss": loss, **evaluate_predictions(task, targets, outputs)},
         "seconds": time.perf_counter() - started,
     }
-    out = run.path / f"eval_{name}.json"
+    out = run.layout.evaluation(name)
     write_json(out, record)
     log.info("Wrote %s", out)
     return record
 
 
-def main(argv: list[str]) -> None:
-    """`python -m app.evaluate run=<run_dir> [data=<file>] [split=<name>] [key=value ...]`."""
-    args = parse_args(argv, DEFAULTS, required=("run",))
-    record = evaluate(args["run"], args["data"], args["split"], args["checkpoint"],
-                      args["batch_size"], args["progress"], data_overrides(args))
+@command("evaluate", EvaluateConfig)
+def main(cfg) -> None:
+    """`albert-evaluate run=<run_dir> [input=<file>] [split=<name>] [key=value ...]`."""
+    record = evaluate(cfg.run, cfg.input, cfg.split, cfg.checkpoint, cfg.batch_size,
+                      cfg.progress, cfg.data)
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items()))
     print(f"{record['split']} ({record['num_examples']} examples): {metrics}")
 
 
 if __name__ == "__main__":
-    run_tool(main)
+    main()

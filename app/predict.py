@@ -1,7 +1,7 @@
-"""Predictions of a finished run on new texts, in a fresh process.
+"""`albert-predict`: predictions of a finished run on new texts, in a fresh process.
 
-    python -m app.predict run=<run_dir> input=new.tsv output=preds.tsv
-    python -m app.predict run=<run_dir> input=new.csv data.text_column=review output=preds.jsonl
+    albert-predict run=<run_dir> input=new.tsv output=preds.tsv
+    albert-predict run=<run_dir> input=new.csv data.text_column=review output=preds.jsonl
 
 Reads the input with the readers and text columns of training (`data.*` overridable; no label
 column needed) and writes, per input row, the texts, the predicted label and one probability
@@ -16,12 +16,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from app.cli import parse_args, run_tool
+from app.config.schema import PredictConfig
 from app.errors import ConfigError
-from app.inference import (
+from app.runs.read import open_run
+from app.runtime.console import command
+from app.tasks.inference import (
     SUFFIX_FORMATS,
-    data_defaults,
-    data_overrides,
     data_settings,
     features,
     load_model,
@@ -29,13 +29,8 @@ from app.inference import (
     read_inputs,
     softmax,
 )
-from app.runs import open_run
 
 log = logging.getLogger(__name__)
-
-DEFAULTS = {"run": None, "input": None, "output": None, "output_format": None,
-            "checkpoint": "export", "batch_size": 64, "progress": True, **data_defaults()}
-
 
 class _Writer:
     """Rows out as TSV (tabs and newlines in texts become spaces), CSV or JSON lines."""
@@ -73,7 +68,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
         batch_size: examples per prediction batch.
         progress: show a progress bar.
         overrides: `data.*` settings replacing the run's (format, text_column,
-            text_pair_column), e.g. `{"data.text_column": "review"}`.
+            text_pair_column; None: as in training), e.g. `{"text_column": "review"}`.
 
     Returns:
         The output path. Classification rows hold `label` and `probabilities` (`prob_<label>`
@@ -114,12 +109,12 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
     return output
 
 
-def main(argv: list[str]) -> None:
-    """`python -m app.predict run=<run_dir> input=<file> output=<file> [key=value ...]`."""
-    args = parse_args(argv, DEFAULTS, required=("run", "input", "output"))
-    predict(args["run"], args["input"], args["output"], args["output_format"],
-            args["checkpoint"], args["batch_size"], args["progress"], data_overrides(args))
+@command("predict", PredictConfig)
+def main(cfg) -> None:
+    """`albert-predict run=<run_dir> input=<file> output=<file> [key=value ...]`."""
+    predict(cfg.run, cfg.input, cfg.output, cfg.output_format, cfg.checkpoint, cfg.batch_size,
+            cfg.progress, cfg.data)
 
 
 if __name__ == "__main__":
-    run_tool(main)
+    main()

@@ -1,14 +1,17 @@
 """Shared fixtures: the real conf/ composed with overrides, and tiny data sets written per test."""
 
+import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
+from app.config.schema import register_configs
 from app.data import synthetic
-from app.train import CONFIG_DIR
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 # A model, vocabulary and data cap small enough for a few seconds of training on one CPU core.
 TINY = [
@@ -27,10 +30,25 @@ TINY = [
 ]
 
 
-def compose_config(*overrides: str):
-    """Compose conf/train.yaml with overrides, as `python -m app` would (hydra node excluded)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+def compose_config(*overrides: str, config_name: str = "train", **kwargs):
+    """Compose conf/<config_name>.yaml (the package's app.conf) with overrides, as the command
+    would (the hydra node excluded unless `return_hydra_config=True`)."""
+    register_configs()
+    with initialize_config_module("app.conf", version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), **kwargs)
+
+
+def run_command(monkeypatch, main, *args: str):
+    """A console script's `main()` in this process with `sys.argv` set, as a user runs it.
+
+    Returns the SystemExit's code (a string for a one-line error), or 0 when it returned.
+    """
+    monkeypatch.setattr(sys, "argv", ["albert-command", *args])
+    try:
+        main()
+    except SystemExit as stop:
+        return stop.code
+    return 0
 
 
 def write_splits(out: Path, header: tuple[str, ...], rows, train_size: int, seed: int) -> Path:

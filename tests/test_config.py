@@ -1,22 +1,20 @@
 """Config composition (every option of every group) and validation of bad configs."""
 
-from pathlib import Path
 
 import pytest
-from conftest import TINY, compose_config
+from conftest import CONF_DIR, TINY, compose_config
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from app.config import validate
+from app.config.validate import validate
 from app.errors import ConfigError
-from app.train import CONFIG_DIR
 
 GROUPS = ("model", "data", "optimizer", "trainer", "strategy", "callbacks", "logger", "paths",
           "experiment", "debug")
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])

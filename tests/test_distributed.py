@@ -15,8 +15,8 @@ from conftest import TINY, compose_config
 from omegaconf import OmegaConf
 
 from app.data.task import TaskSpec
+from app.data.tokenizer import load_tokenizer
 from app.models.classifier import build_task_model
-from app.tokenizer import load_tokenizer
 from app.train import train
 
 REPO = Path(__file__).resolve().parents[1]

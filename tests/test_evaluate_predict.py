@@ -16,9 +16,9 @@ from app import predict as predict_tool
 from app.data import synthetic
 from app.errors import ConfigError, DataError
 from app.evaluate import evaluate
-from app.inference import load_model, softmax
 from app.predict import predict
-from app.runs import open_run
+from app.runs.read import open_run
+from app.tasks.inference import load_model, softmax
 
 REPO = Path(__file__).resolve().parents[1]
 

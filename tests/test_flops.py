@@ -3,7 +3,7 @@
 import keras_hub
 from omegaconf import OmegaConf
 
-from app.flops import albert_flops
+from app.models.flops import albert_flops
 
 TINY = {"num_layers": 2, "num_inner_repetitions": 1, "embedding_dim": 16, "hidden_dim": 32,
         "intermediate_dim": 64}

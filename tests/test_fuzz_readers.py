@@ -21,10 +21,10 @@ from app.data.readers import read_table
 from app.errors import DataError
 
 try:  # The raw-text (pretraining corpus) reader, where present.
-    from app.pretraining import corpus
+    from app.data.pretraining import corpus
 except ImportError:
     corpus = None
-needs_corpus = pytest.mark.skipif(corpus is None, reason="app.pretraining.corpus is absent")
+needs_corpus = pytest.mark.skipif(corpus is None, reason="app.data.pretraining.corpus is absent")
 
 NAMES = ["sentence", "label"]
 FORMATS = ("tsv", "csv", "jsonl")

@@ -11,18 +11,18 @@ import tensorflow as tf
 from omegaconf import OmegaConf
 
 from app.data.pipeline import epoch_stream
-from app.errors import ConfigError, DataError
-from app.pretraining.corpus import expand_files, iter_documents, split_sentences
-from app.pretraining.examples import SpecialIds, document_pairs, pack_pair
-from app.pretraining.masking import NGramMasker
-from app.pretraining.pipeline import (
+from app.data.pretraining.corpus import expand_files, iter_documents, split_sentences
+from app.data.pretraining.masking import NGramMasker
+from app.data.pretraining.pairs import SpecialIds, document_pairs, pack_pair
+from app.data.pretraining.pipeline import (
     corpus_documents,
     masked_eval_batches,
     pretraining_examples,
     special_ids,
 )
-from app.pretraining.sentence_order import SOP_SWAPPED, draw_sentence_order, order_and_mask
-from app.tokenizer import SPECIAL_PIECES, train_sentencepiece
+from app.data.pretraining.sentence_order import SOP_SWAPPED, draw_sentence_order, order_and_mask
+from app.data.tokenizer import SPECIAL_PIECES, train_sentencepiece
+from app.errors import ConfigError, DataError
 
 SUBJECTS = ["The cat", "A dog", "My friend", "The teacher", "Our neighbour", "The old man"]
 VERBS = ["saw", "liked", "painted", "carried", "found", "followed"]

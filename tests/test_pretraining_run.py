@@ -12,11 +12,11 @@ import sentencepiece
 from conftest import TINY, compose_config
 from test_pretraining_data import synthetic_documents, write_corpus
 
-from app.config import validate
+from app.config.validate import validate
 from app.data.task import TaskSpec
+from app.tasks.tokenizer import build_tokenizer
 from app.errors import ConfigError, DataError
 from app.models.classifier import build_task_model
-from app.tokenizer import build_tokenizer
 from app.train import train
 
 PRETRAIN = [

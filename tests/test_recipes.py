@@ -1,14 +1,11 @@
 """The GLUE recipes and Optuna searches compose, validate and read GLUE-shaped files."""
 
-from pathlib import Path
 
 import pytest
-from conftest import compose_config
-from hydra import compose, initialize_config_dir
+from conftest import CONF_DIR, compose_config
 
-from app.config import optimized_metric, validate
+from app.config.validate import optimized_metric, validate
 from app.data.task import load_task_data
-from app.train import CONFIG_DIR
 
 # Header and two rows of each GLUE task's TSV, as GLUE distributes them.
 GLUE = {
@@ -58,9 +55,7 @@ def test_glue_recipe(tmp_path, name):
 
 @pytest.mark.parametrize("search", ["sample_optuna", "sst2_optuna"])
 def test_optuna_search_configs(search):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"hparams_search={search}"],
-                      return_hydra_config=True)
+    cfg = compose_config(f"hparams_search={search}", return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     assert "optuna" in sweeper._target_ and sweeper.sampler.seed == cfg.seed
     assert sweeper.direction == cfg.direction == "maximize"
@@ -72,5 +67,5 @@ def test_optuna_search_configs(search):
 
 
 def test_recipes_exist():
-    recipes = {p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml")}
+    recipes = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
     assert {"sst2", "trec", "mrpc", "rte", "qnli", "stsb"} <= recipes

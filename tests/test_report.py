@@ -8,7 +8,7 @@ import pytest
 
 from app.errors import ConfigError
 from app.report import main, report
-from app.runs import find_runs
+from app.runs.read import find_runs
 
 
 def write_run(folder: Path, overrides: list[str], status: str, value: float | None = None,

@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY
 
 from app.data import synthetic
-from app.resume import PREEMPTED_EXIT_CODE
+from app.errors import PREEMPTED_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 25  # 400 examples / batch 16

@@ -16,17 +16,16 @@ from pathlib import Path
 import keras
 import pytest
 from conftest import TINY, compose_config
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from app.callbacks import instantiate_callbacks
+from app.config.instantiate import check_config, instantiate
 from app.errors import ConfigError, DataError
-from app.instantiate import check_config, instantiate
-from app.loading import load_backbone, load_model, load_weights
-from app.optim import build_optimizer
-from app.run_dir import write_json
-from app.run_folder import ClaimRunFolder, check_writable, claim_new_folder
-from app.train import CONFIG_DIR, main
+from app.runs.claim import ClaimRunFolder, check_writable, claim_new_folder
+from app.runs.record import write_json
+from app.runtime.loading import load_backbone, load_model, load_weights
+from app.train import main
+from app.training.callbacks import instantiate_callbacks
+from app.training.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 RUNTIME = {"monitor": "val_accuracy", "mode": "max"}
@@ -54,7 +53,7 @@ REFUSED = [
     ("++model._target_=keras.layers.Lambda", "model._target_", "found Lambda"),
     ("++model._target_=keras.config.enable_unsafe_deserialization", "model._target_",
      "found function"),
-    ("++model._target_=app.run_dir.write_json", "model._target_", "found function"),
+    ("++model._target_=app.runs.record.write_json", "model._target_", "found function"),
     ("++optimizer._target_=subprocess.Popen", "optimizer._target_", "subclass of Optimizer"),
     ("++optimizer._target_=keras.src.utils.file_utils.shutil.rmtree", "optimizer._target_",
      "'shutil.rmtree' (resolved from"),
@@ -89,7 +88,7 @@ def test_hostile_targets_are_refused_by_the_check(override, key, reason):
 def test_a_refused_target_is_never_called(tmp_path):
     marker = tmp_path / "written"
     nodes = OmegaConf.create({
-        "evil": {"_target_": "app.run_dir.write_json", "path": str(marker), "payload": {}},
+        "evil": {"_target_": "app.runs.record.write_json", "path": str(marker), "payload": {}},
         "shell": {"_target_": "os.system", "command": f"touch {marker}"},
     })
     for name in nodes:
@@ -129,7 +128,7 @@ def run_main(monkeypatch, *overrides: str):
     "++optimizer._target_=subprocess.Popen",
     "++callbacks.best_checkpoint._target_=builtins.exec",
     "++logger.tensorboard._target_=keras.src.utils.file_utils.os.system",
-    "+callbacks.evil={_target_:app.run_dir.write_json,path:pwned.json,payload:{}}",
+    "+callbacks.evil={_target_:app.runs.record.write_json,path:pwned.json,payload:{}}",
 ])
 def test_command_line_refuses_each_group_before_any_work(monkeypatch, tmp_path, override):
     monkeypatch.chdir(tmp_path)
@@ -306,9 +305,7 @@ def test_no_pickle_in_the_apps_code():
 # ---------------------------------------------------------------- run-folder integrity
 
 def hydra_config(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", return_hydra_config=True,
-                       overrides=[f"paths.output_dir={tmp_path}", *overrides])
+    return compose_config(f"paths.output_dir={tmp_path}", *overrides, return_hydra_config=True)
 
 
 def test_two_runs_in_the_same_second_get_their_own_folders(tmp_path):
@@ -371,7 +368,7 @@ def test_a_read_only_location_fails_the_write_probe(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Read-only file system")
 
-    monkeypatch.setattr("app.run_folder.tempfile.NamedTemporaryFile", read_only)
+    monkeypatch.setattr("app.runs.claim.tempfile.NamedTemporaryFile", read_only)
     with pytest.raises(SystemExit, match="is not writable \\(Read-only file system\\)"):
         check_writable(tmp_path, min_free_mb=1)
 
@@ -383,14 +380,14 @@ def test_json_files_others_read_are_replaced_whole(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("app.run_dir.json.dump", crash)
+    monkeypatch.setattr("app.runs.record.json.dump", crash)
     with pytest.raises(OSError):
         write_json(path, {"epoch": 2})
     assert json.loads(path.read_text()) == {"epoch": 1}
 
 
 def test_checkpoints_are_replaced_whole(tmp_path, monkeypatch):
-    from app.checkpoints import AtomicModelCheckpoint
+    from app.training.checkpoints import AtomicModelCheckpoint
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     path = tmp_path / "checkpoints" / "last.weights.h5"

@@ -12,8 +12,8 @@ import tensorflow as tf
 from conftest import TINY, write_splits
 
 from app.data import synthetic
-from app.inference import softmax
 from app.predict import predict
+from app.tasks.inference import softmax
 
 REPO = Path(__file__).resolve().parents[1]
 

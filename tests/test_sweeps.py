@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from app.report import report
-from app.runs import find_runs
+from app.runs.read import find_runs
 
 REPO = Path(__file__).resolve().parents[1]
 # TINY, one epoch on 48 examples: a job takes a few seconds after TensorFlow has started.

@@ -9,8 +9,8 @@ import keras_hub
 import pytest
 import sentencepiece
 
+from app.data.tokenizer import SPECIAL_PIECES, load_tokenizer, train_sentencepiece, train_tokenizer
 from app.errors import ConfigError, DataError
-from app.tokenizer import SPECIAL_PIECES, load_tokenizer, train_sentencepiece, train_tokenizer
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. A small cat sleeps in the warm sun. "
@@ -89,7 +89,7 @@ def test_cli_trains_a_tokenizer_albert_accepts(tmp_path):
     write_text(tmp_path / "a.txt")
     out = tmp_path / "tok"
     result = subprocess.run(
-        [sys.executable, "-m", "app.tokenizer", f"input={tmp_path / 'a.txt'}", "vocab_size=60",
+        [sys.executable, "-m", "app.data.tokenizer", f"input={tmp_path / 'a.txt'}", "vocab_size=60",
          "model_type=bpe", f"output={out}"],
         capture_output=True, text=True, timeout=300,
     )

@@ -1,0 +1,270 @@
+"""Structured-config schemas of every command, registered in Hydra's ConfigStore.
+
+The schemas give every YAML key a type, so Hydra rejects unknown keys and wrong types while
+composing; app.config.validate then checks the rules that span several keys.
+"""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+@dataclass
+class ModelConfig:
+    """ALBERT shape (keras_hub.models.AlbertBackbone arguments) or a keras-hub preset."""
+
+    _target_: str = "keras_hub.models.AlbertBackbone"
+    preset: str | None = None
+    num_layers: int = MISSING
+    num_heads: int = MISSING
+    num_groups: int = 1
+    num_inner_repetitions: int = 1
+    embedding_dim: int = MISSING
+    hidden_dim: int = MISSING
+    intermediate_dim: int = MISSING
+    dropout: float = 0.0
+    max_sequence_length: int = 512
+    classifier_dropout: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    """Where a labelled data set lives, how to read it and what task it is."""
+
+    name: str = MISSING
+    task: str = "classification"
+    format: str = "tsv"
+    dir: str = MISSING
+    train_file: str = "train.tsv"
+    eval_file: str | None = "dev.tsv"
+    text_column: str = "sentence"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    sequence_length: int = 128
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    shuffle_buffer: int = 100_000
+    # Fine-tuning: batch similar lengths together, cut padding to these lengths (null: off).
+    bucket_boundaries: list[int] | None = None
+    # Pretraining (task: pretraining; see app.pretraining): train_file/eval_file are globs.
+    document_pattern: str | None = None   # regex of heading lines starting a document
+    skip_pattern: str | None = None       # regex of lines to drop
+    eval_fraction: float = 0.05           # held-out documents when eval_file is null
+    max_predictions: int = 20
+    masked_lm_prob: float = 0.15
+    max_ngram: int = 3
+    short_seq_prob: float = 0.1
+
+
+@dataclass
+class TokenizerConfig:
+    """A SentencePiece model to use (`proto`), or how to train one on the training texts."""
+
+    proto: str | None = None
+    vocab_size: int = 1000
+    model_type: str = "unigram"
+    lowercase: bool = True
+    character_coverage: float = 0.9995
+
+
+@dataclass
+class OptimizerConfig:
+    """A Keras optimizer; `learning_rate` is the peak of the warmup + linear-decay schedule."""
+
+    _target_: str = "keras.optimizers.AdamW"
+    learning_rate: float = 5e-5
+    weight_decay: float | None = 0.01
+    beta_1: float = 0.9
+    beta_2: float = 0.999
+    epsilon: float = 1e-6
+    global_clipnorm: float | None = 1.0
+    warmup_ratio: float = 0.1
+    no_weight_decay: list[str] = field(default_factory=lambda: ["gamma", "beta", "bias"])
+
+
+@dataclass
+class TrainerConfig:
+    """How `model.fit` runs."""
+
+    epochs: int = 3
+    batch_size: int = 32
+    deterministic: bool = False
+    jit_compile: Any = False
+    steps_per_execution: int = 1
+    precision: str = "float32"
+    gradient_accumulation_steps: int = 1
+    checkpoint_every_n_steps: int | None = None
+    keep_checkpoints: int = 2
+    on_nonfinite_loss: str = "fail"
+    rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
+    log_every_n_steps: int = 50
+
+
+@dataclass
+class StrategyConfig:
+    """Which tf.distribute strategy to run under."""
+
+    name: str = "auto"
+    devices: list[str] | None = None
+    cpu_devices: int | None = None
+    tpu_address: str | None = None
+
+
+@dataclass
+class PathsConfig:
+    """Where data is read from and where run folders are written."""
+
+    data_dir: str = "data"
+    output_dir: str = "experiments"
+
+
+@dataclass
+class TrainConfig:
+    """The whole run."""
+
+    name: str = "default"
+    seed: int = 42
+    resume: str | None = None
+    optimized_metric: str | None = None
+    direction: str = "maximize"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class InferenceDataConfig:
+    """How evaluate and predict read their input; null keeps the run's training setting."""
+
+    format: str | None = None
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+
+
+@dataclass
+class EvaluateConfig:
+    """`albert-evaluate`: task metrics of a finished run on a labelled file."""
+
+    run: str = MISSING
+    input: str | None = None
+    split: str | None = None
+    checkpoint: str = "export"
+    batch_size: int = 64
+    progress: bool = True
+    data: InferenceDataConfig = field(default_factory=InferenceDataConfig)
+
+
+@dataclass
+class PredictConfig:
+    """`albert-predict`: predictions of a finished run on new texts."""
+
+    run: str = MISSING
+    input: str = MISSING
+    output: str = MISSING
+    output_format: str | None = None
+    checkpoint: str = "export"
+    batch_size: int = 64
+    progress: bool = True
+    data: InferenceDataConfig = field(default_factory=InferenceDataConfig)
+
+
+@dataclass
+class ReportConfig:
+    """`albert-report`: one table of every run under a folder."""
+
+    input: str = MISSING
+    csv: str | None = None
+    png: str | None = None
+    plot: bool = True
+
+
+@dataclass
+class TokenizerCommandConfig:
+    """`albert-tokenizer`: a SentencePiece model with ALBERT's special pieces, from text files."""
+
+    input: str = MISSING
+    output: str = MISSING
+    vocab_size: int = 16000
+    model_type: str = "unigram"
+    lowercase: bool = True
+    character_coverage: float = 0.9995
+    input_sentence_size: int = 1_000_000
+    holdout_every: int = 100
+
+
+@dataclass
+class BenchOptions:
+    """The bench's own knobs (`bench.<name>=<value>`)."""
+
+    windows: int = 5
+    window_seconds: float = 4.0
+    min_window_steps: int = 2
+    matmul_size: int = 2048
+    matmul_seconds: float = 2.0
+    out: str | None = None
+
+
+@dataclass
+class BenchConfig(TrainConfig):
+    """`albert-bench`: the training config plus the bench's own options."""
+
+    bench: BenchOptions = field(default_factory=BenchOptions)
+
+
+SCHEMAS = {"train": TrainConfig, "evaluate": EvaluateConfig, "predict": PredictConfig,
+           "report": ReportConfig, "tokenizer": TokenizerCommandConfig, "bench": BenchConfig}
+
+
+def resource_dir(name: str) -> str:
+    """Path of a data folder shipped inside the package (`${app_resource:sample}`)."""
+    return str(resources.files("app") / "resources" / name)
+
+
+def conf_help(command: str) -> str:
+    """The keys of `conf/<command>.yaml` with their comments, for the command's `--help`.
+
+    The YAML is the one place a key is described: its lines between the defaults list and the
+    `hydra:` section are shown as they are.
+    """
+    lines, skipping = [], False
+    text = (resources.files("app.conf") / f"{command}.yaml").read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line and not line[0].isspace() and not line.startswith("#"):
+            skipping = line.split(":")[0] in ("defaults", "hydra")
+        if not skipping and not line.startswith("# @package"):
+            lines.append(f"  {line}" if line else "")
+    # `$$`: Hydra fills the help template with string.Template, where `$` starts a placeholder.
+    return "\n".join(lines).strip("\n").replace("$", "$$")
+
+
+def hydra_subdir(resume: str | None) -> str:
+    """Where Hydra saves the config: `.hydra`, or a new `.hydra/resume-<time>` on resume."""
+    return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
+
+
+def register_configs() -> None:
+    """Register the schema and resolvers; safe to call more than once."""
+    for command, schema in SCHEMAS.items():
+        # A group, so that bench.yaml can compose train.yaml with its own schema in place.
+        ConfigStore.instance().store(group="schema", name=command, node=schema,
+                                     package="_global_")
+    if not OmegaConf.has_resolver("conf_help"):
+        OmegaConf.register_new_resolver("conf_help", conf_help)
+    if not OmegaConf.has_resolver("app_resource"):
+        OmegaConf.register_new_resolver("app_resource", resource_dir)
+    if not OmegaConf.has_resolver("resume_or"):
+        # hydra.run.dir: the resumed run's own folder, else a new one.
+        OmegaConf.register_new_resolver("resume_or", lambda resume, new: resume or new)
+        OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)

@@ -1,0 +1,192 @@
+"""Cross-field validation of a run config: every rule, fine-tuning's and pretraining's.
+
+Runs before TensorFlow does any work; each failure is a ConfigError naming the key, what was
+received and what is expected.
+"""
+
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from app.data.pretraining.corpus import expand_files
+from app.errors import ConfigError
+
+TASKS = ("classification", "regression", "pretraining")
+FORMATS = ("tsv", "csv", "jsonl")
+STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+CLASSIFICATION_METRICS = ("loss", "accuracy", "f1", "mcc", "macro_f1")
+REGRESSION_METRICS = ("loss", "mse", "pearson", "spearman")
+PRETRAINING_METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "mlm_perplexity",
+                       "sop_accuracy")
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """Names of the evaluation metrics reported for a task."""
+    if task == "pretraining":
+        return PRETRAINING_METRICS
+    return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+
+
+def optimized_metric(cfg: DictConfig) -> str:
+    """The `val_*` metric that checkpoints and sweeps optimize (task default when unset)."""
+    if cfg.optimized_metric:
+        return cfg.optimized_metric
+    defaults = {"classification": "val_accuracy", "pretraining": "val_mlm_accuracy"}
+    return defaults.get(cfg.data.task, "val_pearson")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_one_of(key: str, value: Any, allowed: tuple) -> None:
+    _check(value in allowed, f"`{key}` must be one of {list(allowed)}. Received: {value!r}")
+
+
+def _check_at_least(key: str, value: Any, minimum: int) -> None:
+    _check(value is None or value >= minimum, f"`{key}` must be >= {minimum}. Received: {value!r}")
+
+
+def _check_file(key: str, path: Path) -> None:
+    _check(path.is_file(), f"`{key}` does not exist or is not a file. Received: '{path}'")
+
+
+def _validate_model(model: DictConfig, sequence_length: int) -> None:
+    if model.preset is not None:
+        looks_like_path = any(sep in model.preset for sep in ("/", "\\")) or model.preset[0] == "."
+        _check(
+            not looks_like_path or Path(model.preset).is_dir(),
+            f"`model.preset` looks like a local preset folder, but it does not exist. "
+            f"Received: '{model.preset}'",
+        )
+        return
+    for key in ("num_layers", "num_heads", "num_groups", "num_inner_repetitions",
+                "embedding_dim", "hidden_dim", "intermediate_dim"):
+        _check_at_least(f"model.{key}", model[key], 1)
+    _check(
+        model.num_layers % model.num_groups == 0,
+        f"`model.num_layers` must be divisible by `model.num_groups`. "
+        f"Received: num_layers={model.num_layers}, num_groups={model.num_groups}",
+    )
+    _check(
+        model.hidden_dim % model.num_heads == 0,
+        f"`model.hidden_dim` must be divisible by `model.num_heads`. "
+        f"Received: hidden_dim={model.hidden_dim}, num_heads={model.num_heads}",
+    )
+    _check(
+        sequence_length <= model.max_sequence_length,
+        f"`data.sequence_length` must be <= `model.max_sequence_length` "
+        f"({model.max_sequence_length}). Received: {sequence_length}",
+    )
+    _check(
+        0.0 <= model.dropout < 1.0,
+        f"`model.dropout` must be in [0, 1). Received: {model.dropout}",
+    )
+
+
+def _validate_data(data: DictConfig) -> None:
+    _check_one_of("data.task", data.task, TASKS)
+    if data.task == "pretraining":
+        _validate_pretraining_data(data)
+        return
+    _check_one_of("data.format", data.format, FORMATS)
+    _check(Path(data.dir).is_dir(), f"`data.dir` does not exist. Received: '{data.dir}'")
+    _check(data.eval_file is not None, "`data.eval_file` must be set. Received: None")
+    _check_file("data.train_file", Path(data.dir) / data.train_file)
+    _check_file("data.eval_file", Path(data.dir) / data.eval_file)
+    _check_at_least("data.sequence_length", data.sequence_length, 3)
+    _check_at_least("data.max_train_examples", data.max_train_examples, 1)
+    _check_at_least("data.max_eval_examples", data.max_eval_examples, 1)
+    _check_at_least("data.shuffle_buffer", data.shuffle_buffer, 1)
+    boundaries = list(data.bucket_boundaries or [])
+    _check(
+        boundaries == sorted(set(boundaries)) and all(0 < b < data.sequence_length
+                                                      for b in boundaries),
+        f"`data.bucket_boundaries` must be ascending lengths below `data.sequence_length` "
+        f"({data.sequence_length}). Received: {boundaries}",
+    )
+
+
+def _check_regex(key: str, pattern: str | None) -> None:
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        _check(False, f"`{key}` is not a valid regular expression ({error}). "
+                      f"Received: {pattern!r}")
+
+
+def _validate_pretraining_data(data: DictConfig) -> None:
+    _check(Path(data.dir).is_dir(), f"`data.dir` does not exist. Received: '{data.dir}'")
+    expand_files(data.dir, data.train_file, "data.train_file")
+    if data.eval_file:
+        expand_files(data.dir, data.eval_file, "data.eval_file")
+    else:
+        _check(0.0 < data.eval_fraction < 1.0,
+               f"`data.eval_fraction` must be in (0, 1) when `data.eval_file` is null "
+               f"(the held-out share of documents). Received: {data.eval_fraction}")
+    _check_at_least("data.sequence_length", data.sequence_length, 8)
+    _check_at_least("data.max_predictions", data.max_predictions, 1)
+    _check_at_least("data.max_ngram", data.max_ngram, 1)
+    _check_at_least("data.max_train_examples", data.max_train_examples, 1)
+    _check_at_least("data.max_eval_examples", data.max_eval_examples, 1)
+    _check_at_least("data.shuffle_buffer", data.shuffle_buffer, 1)
+    _check(0.0 < data.masked_lm_prob < 1.0,
+           f"`data.masked_lm_prob` must be in (0, 1). Received: {data.masked_lm_prob}")
+    _check(0.0 <= data.short_seq_prob <= 1.0,
+           f"`data.short_seq_prob` must be in [0, 1]. Received: {data.short_seq_prob}")
+    _check(data.max_predictions <= data.sequence_length,
+           f"`data.max_predictions` must be <= `data.sequence_length` "
+           f"({data.sequence_length}). Received: {data.max_predictions}")
+    _check_regex("data.document_pattern", data.document_pattern)
+    _check_regex("data.skip_pattern", data.skip_pattern)
+
+
+def _validate_trainer(trainer: DictConfig) -> None:
+    _check_at_least("trainer.batch_size", trainer.batch_size, 1)
+    _check_at_least("trainer.epochs", trainer.epochs, 1)
+    _check_at_least("trainer.steps_per_execution", trainer.steps_per_execution, 1)
+    _check_at_least("trainer.log_every_n_steps", trainer.log_every_n_steps, 1)
+    _check_one_of("trainer.jit_compile", trainer.jit_compile, (True, False, "auto"))
+    _check_one_of("trainer.precision", trainer.precision, PRECISIONS)
+    _check_at_least("trainer.gradient_accumulation_steps", trainer.gradient_accumulation_steps, 1)
+    _check_at_least("trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, 1)
+    _check_at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
+    _check_one_of("trainer.on_nonfinite_loss", trainer.on_nonfinite_loss, ("fail", "rollback"))
+    _check(
+        0 < trainer.rollback_lr_factor < 1,
+        f"`trainer.rollback_lr_factor` must be in (0, 1). Received: {trainer.rollback_lr_factor}",
+    )
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check cross-field rules and referenced files; raise ConfigError naming the key.
+
+    Args:
+        cfg: the composed run config (typed by `TrainConfig`).
+    """
+    _validate_data(cfg.data)
+    _validate_model(cfg.model, cfg.data.sequence_length)
+    _validate_trainer(cfg.trainer)
+    _check_one_of("strategy.name", cfg.strategy.name, STRATEGIES)
+    _check_at_least("strategy.cpu_devices", cfg.strategy.cpu_devices, 1)
+    _check_one_of("direction", cfg.direction, ("maximize", "minimize"))
+    _check_one_of("tokenizer.model_type", cfg.tokenizer.model_type, ("unigram", "bpe"))
+    _check_at_least("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16)
+    if cfg.tokenizer.proto is not None:
+        _check_file("tokenizer.proto", Path(cfg.tokenizer.proto))
+    allowed = tuple(f"val_{name}" for name in task_metrics(cfg.data.task))
+    _check_one_of("optimized_metric", optimized_metric(cfg), allowed)
+    _check(
+        0.0 <= cfg.optimizer.warmup_ratio < 1.0,
+        f"`optimizer.warmup_ratio` must be in [0, 1). Received: {cfg.optimizer.warmup_ratio}",
+    )
+    _check(
+        cfg.optimizer.learning_rate > 0,
+        f"`optimizer.learning_rate` must be > 0. Received: {cfg.optimizer.learning_rate}",
+    )

@@ -1,0 +1,158 @@
+"""tf.data pipelines for pretraining: stream corpus -> tokenize -> pairs (cached) -> order, mask.
+
+Reading, sentence splitting and SentencePiece tokenization run once, in a Python generator
+(streaming; the packed pairs are cached in memory). Shuffling, the sentence-order swap and n-gram
+masking run every epoch in tf.data ops, so both are fresh each epoch and reproducible from the seed.
+"""
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sentencepiece
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from app.data.pretraining.corpus import iter_documents
+from app.data.pretraining.masking import NGramMasker
+from app.data.pretraining.pairs import SpecialIds, iter_examples
+from app.data.pretraining.sentence_order import order_and_mask
+from app.data.tokenizer import SPECIAL_PIECES
+from app.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CorpusStats:
+    """What a pass over the corpus saw (filled while the generator runs)."""
+
+    documents: int = 0
+    sentences: int = 0
+    multi_sentence_documents: int = 0
+    examples: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def special_ids(processor: sentencepiece.SentencePieceProcessor, source: str) -> SpecialIds:
+    """ALBERT's special ids in a SentencePiece model; ConfigError naming `source` if any is missing.
+    """
+    missing = [p for p in SPECIAL_PIECES
+               if p != "<unk>" and processor.piece_to_id(p) == processor.unk_id()]
+    if missing:
+        raise ConfigError(
+            f"The tokenizer from {source} lacks ALBERT's special pieces {missing}; pretraining "
+            f"needs all of {list(SPECIAL_PIECES)} ([MASK] for masked-LM). Train one with "
+            f"`python -m app.tokenizer input=<corpus>`"
+        )
+    piece = processor.piece_to_id
+    return SpecialIds(pad=piece("<pad>"), cls=piece("[CLS]"), sep=piece("[SEP]"),
+                      mask=piece("[MASK]"))
+
+
+def corpus_documents(
+    files: list[Path], data: DictConfig, holdout: bool | None = None
+) -> Iterator[list[str]]:
+    """Documents of the corpus; with `data.eval_fraction`, every k-th one is held out.
+
+    Args:
+        files: the corpus files.
+        data: the `data` config (`document_pattern`, `skip_pattern`, `eval_fraction`).
+        holdout: None: all documents; True: only the held-out ones; False: all others.
+    """
+    every = round(1 / data.eval_fraction) if data.eval_fraction else 0
+    documents = iter_documents(files, data.document_pattern, data.skip_pattern)
+    for index, document in enumerate(documents):
+        if holdout is None or not every or (index % every == every - 1) == holdout:
+            yield document
+
+
+def corpus_sentences(files: list[Path], data: DictConfig) -> Iterator[str]:
+    """Every sentence of the training documents (for tokenizer training)."""
+    for document in corpus_documents(files, data, holdout=False if data.eval_fraction else None):
+        yield from document
+
+
+def _tokenized(documents, processor, stats: CorpusStats):
+    for document in documents:
+        stats.documents += 1
+        sentences = [ids for ids in processor.encode(document) if ids]
+        stats.sentences += len(sentences)
+        stats.multi_sentence_documents += len(sentences) > 1
+        yield sentences
+
+
+def _signature(sequence_length: int) -> dict:
+    row = tf.TensorSpec([sequence_length], tf.int32)
+    return {"token_ids": row, "segment_ids": row, "padding_mask": row}
+
+
+def pretraining_examples(
+    documents_fn,
+    processor: sentencepiece.SentencePieceProcessor,
+    data: DictConfig,
+    seed: int,
+    max_examples: int | None = None,
+    description: str = "corpus",
+) -> tuple[tf.data.Dataset, int]:
+    """Packed in-order sentence pairs (unmasked), cached in memory, and their number.
+
+    Reading, sentence splitting and tokenizing happen once, while counting fills the cache; the
+    sentence order and the masks are drawn afterwards (`masked_eval_batches`, or per epoch with
+    `order_and_mask` through app.data.pipeline.epoch_stream for training).
+
+    Args:
+        documents_fn: a callable returning a fresh iterator of documents (lists of sentences).
+        processor: the SentencePiece model (ALBERT's special pieces checked by the caller).
+        data: the `data` config (`sequence_length`, `short_seq_prob`).
+        seed: the pairs (target lengths, split points) derive from it.
+        max_examples: stop after this many examples.
+        description: names the data in errors.
+
+    Raises:
+        DataError: the corpus has no text, or no document with two or more sentences.
+    """
+    ids = special_ids(processor, description)
+    stats = CorpusStats()
+
+    def examples():
+        documents = _tokenized(documents_fn(), processor, stats)
+        yield from iter_examples(documents, data.sequence_length, ids, data.short_seq_prob, seed)
+
+    dataset = tf.data.Dataset.from_generator(
+        examples, output_signature=_signature(data.sequence_length))
+    if max_examples is not None:
+        dataset = dataset.take(max_examples)
+    dataset = dataset.cache()
+    # Counting fills the cache: the corpus is read and tokenized once.
+    count = int(dataset.reduce(0, lambda n, _: n + 1))
+    if stats.sentences == 0:
+        raise DataError(f"The {description} has no text: read {stats.documents} documents and "
+                        f"0 sentences; expected documents of one or more sentences")
+    if count == 0:
+        raise DataError(
+            f"The {description} yields no sentence-order pair: none of its {stats.documents} "
+            f"documents has two or more sentences ({stats.sentences} sentences in all). Expected "
+            f"documents of several sentences, separated by blank lines or by "
+            f"`data.document_pattern` headings"
+        )
+    log.info("%s: %d documents (%d with 2+ sentences), %d sentences -> %d examples",
+             description, stats.documents, stats.multi_sentence_documents, stats.sentences, count)
+    return dataset.apply(tf.data.experimental.assert_cardinality(count)), count
+
+
+def masked_eval_batches(
+    examples: tf.data.Dataset, masker: NGramMasker, batch_size: int, seed: int
+) -> tf.data.Dataset:
+    """Evaluation batches in corpus order, with the same sentence orders and masks every epoch
+    (seeded by position)."""
+    eval_seed = tf.constant(seed + 1, tf.int64)
+    transform = order_and_mask(masker)
+    return (
+        examples.enumerate()
+        .map(lambda i, example: transform(example, tf.stack([eval_seed, i])),
+             num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -1,0 +1,32 @@
+"""A finished run's exports: keras-hub preset, `.keras` and a SavedModel serving raw strings."""
+
+from pathlib import Path
+
+import numpy as np
+
+from app.runs.layout import LABELS_FILE, RunLayout
+from app.runs.record import write_json
+from app.runs.serving import export_saved_model
+
+
+def export_run(model, preprocessor, run_dir: Path, label_names, sample_inputs) -> Path:
+    """Export the trained task with its preprocessor: keras-hub preset, `.keras`, SavedModel.
+
+    The SavedModel's serving signature takes raw strings (see app.runs.serving). Also writes the
+    label names beside the preset and the model's outputs on a few raw inputs
+    (`sample_predictions.json`), so a reload can be checked against the run.
+    """
+    layout = RunLayout(run_dir)
+    model.preprocessor = preprocessor
+    model.save_to_preset(str(layout.preset))
+    model.save(layout.model)
+    write_json(layout.preset / LABELS_FILE, list(label_names))
+    num_inputs = len(sample_inputs) if isinstance(sample_inputs, tuple) else 1
+    export_saved_model(model, layout.saved_model, label_names, num_inputs)
+    outputs = model.predict(sample_inputs, verbose=0)
+    inputs = [np.asarray(x).tolist() for x in
+              (sample_inputs if isinstance(sample_inputs, tuple) else (sample_inputs,))]
+    write_json(layout.sample_predictions,
+               {"inputs": inputs, "outputs": np.asarray(outputs).tolist()})
+    return layout.export
+

@@ -1,0 +1,140 @@
+"""How every command meets the terminal: one `@hydra.main` entry with the same policy.
+
+- Overrides are checked against the command's schema before Hydra composes, so an unknown key
+  is refused with the keys it could have been (Hydra's own message names neither).
+- A user error (AppError) ends as one line on stderr, `error: ...`, exit code 1; its traceback
+  goes to the log file only (`HYDRA_FULL_ERROR=1` shows it on the terminal too).
+- In a multirun a failed job does not stop the sweep (see `sweep_policy`).
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import typing
+from collections.abc import Callable
+from importlib import resources
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from app.config.schema import register_configs
+from app.errors import PREEMPTED_EXIT_CODE, AppError, ConfigError, Preempted
+
+log = logging.getLogger(__name__)
+
+CONFIG_PATH = "pkg://app.conf"  # conf/ of the repository, shipped inside the package
+
+
+def config_groups() -> list[str]:
+    """The config groups of conf/ (`model`, `data`, `experiment`, ...)."""
+    return sorted(entry.name for entry in resources.files("app.conf").iterdir()
+                  if entry.is_dir() and not entry.name.startswith("__"))
+
+
+def _fields(schema: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(schema)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+
+
+def check_override_keys(overrides: list[str], schema: type, groups: list[str]) -> None:
+    """Refuse an override whose key the schema does not have, naming the allowed keys.
+
+    Args:
+        overrides: command-line arguments; `key=value` ones are checked (`hydra.*` and
+            `--flags` are Hydra's own).
+        schema: the command's structured-config dataclass.
+        groups: config group names that are valid top-level keys too.
+    """
+    for override in overrides:
+        if override.startswith("-") or "=" not in override:
+            continue
+        key = override.split("=", 1)[0].lstrip("+~")
+        top = key.split(".")[0].split("/")[0]
+        if top == "hydra":
+            continue
+        node, path = schema, []
+        for part in key.split("."):
+            allowed = _fields(node)
+            if not path and part in groups:
+                allowed = {**allowed, part: Any}
+            if part not in allowed:
+                where = f"`{'.'.join(path)}`" if path else "this command"
+                names = sorted(allowed if path else {*allowed, *groups})
+                raise ConfigError(f"unknown key `{key}` for {where}. Received: {override!r}; "
+                                  f"expected one of {names}")
+            path.append(part)
+            node = allowed[part]
+            if not dataclasses.is_dataclass(node):
+                break
+
+
+def _fail(error: AppError) -> None:
+    """One line on the terminal; the traceback only in the log file (unless HYDRA_FULL_ERROR)."""
+    log.error("%s", error)
+    logging.getLogger("app.traceback").debug("Traceback of the error above", exc_info=error)
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    sys.exit(f"error: {error}")
+
+
+def command(config_name: str, schema: type) -> Callable[[Callable], Callable[[], Any]]:
+    """Turn `fn(cfg)` into a console-script entry point composing `conf/<config_name>.yaml`.
+
+    Example:
+        >>> @command("evaluate", EvaluateConfig)
+        ... def main(cfg): ...
+    """
+
+    def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        def guarded(cfg: DictConfig) -> Any:
+            try:
+                return fn(cfg)
+            except AppError as error:
+                _fail(error)
+
+        app = hydra.main(version_base="1.3", config_path=CONFIG_PATH,
+                         config_name=config_name)(guarded)
+
+        def main() -> Any:
+            register_configs()
+            try:
+                check_override_keys(sys.argv[1:], schema, config_groups())
+            except ConfigError as error:
+                sys.exit(f"error: {error}")
+            return app()
+
+        main.__doc__ = fn.__doc__
+        return main
+
+    return wrap
+
+
+def sweep_policy(job: Callable[[], float]) -> float:
+    """Run one training job under the failure policy of a single run or a sweep.
+
+    A preempted run exits with PREEMPTED_EXIT_CODE. In a multirun a failed job does not stop
+    the process: its folder's status.json says `failed` with the error and the sweep goes on.
+    The job returns NaN to Hydra's basic sweeper; under the Optuna sweeper it raises, which
+    Optuna records as a failed trial (a NaN return would crash hydra-optuna-sweeper 1.3.0,
+    which then tells Optuna FAIL *with* the value). Outside a sweep a user error is one line.
+    """
+    hydra_cfg = HydraConfig.get()
+    try:
+        return job()
+    except Preempted as stop:
+        log.warning("Stopped after step %d with a checkpoint; resume with resume=%s",
+                    stop.step, hydra_cfg.runtime.output_dir)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except Exception as error:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        log.error("Job failed, the sweep goes on: %s", error,
+                  exc_info=not isinstance(error, AppError))
+        if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
+            raise
+        return math.nan

@@ -1,0 +1,63 @@
+"""Keep TensorFlow's C++/absl log lines (`I0000 ...`, `W0000 ...`, `E0000 ...`) off the terminal.
+
+TensorFlow 2.21 writes its start-up lines (oneDNN, CUDA stubs, ...) through absl before it reads
+`TF_CPP_MIN_LOG_LEVEL`, so the variable alone does not silence them (measured: with
+`TF_CPP_MIN_LOG_LEVEL=3` `import tensorflow` still prints four lines). They are written by C++
+to file descriptor 2, where Python cannot filter them, so a command's stderr goes through a pipe
+whose reader thread drops those lines and passes everything else on. A `TF_CPP_MIN_LOG_LEVEL`
+the user set wins: then nothing is filtered. Fatal (`F...`) lines always pass.
+"""
+
+import atexit
+import os
+import re
+import sys
+import threading
+
+NATIVE_LINE = re.compile(
+    rb"^(?:[IWE]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [^\]]+\] "
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    # The second line of cpu_feature_guard's start-up message.
+    rb"|To enable the following instructions: .* rebuild TensorFlow with)"
+)
+_installed = False
+
+
+def is_native_log_line(line: bytes) -> bool:
+    """Whether `line` is an absl/TensorFlow C++ log line at level INFO, WARNING or ERROR."""
+    return NATIVE_LINE.match(line) is not None
+
+
+def _forward(read_fd: int, out_fd: int) -> None:
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        pending = b""
+        while chunk := pipe.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [line + b"\n" for line in lines if not is_native_log_line(line)]
+            if kept:
+                os.write(out_fd, b"".join(kept))
+        if pending and not is_native_log_line(pending):
+            os.write(out_fd, pending)
+
+
+def filter_native_logs() -> None:
+    """Route this process's stderr through the filter (once; no-op if the user set a level)."""
+    global _installed
+    if _installed or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return
+    _installed = True
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    thread = threading.Thread(target=_forward, args=(read_fd, terminal), daemon=True)
+    thread.start()
+
+    def restore() -> None:
+        # Runs after the last message (a SystemExit's text included) has entered the pipe.
+        sys.stderr.flush()
+        os.dup2(terminal, 2)  # closes the pipe's last write end: the reader drains and stops
+        thread.join(timeout=5)
+
+    atexit.register(restore)

@@ -1,0 +1,88 @@
+"""Fine-tuning (classification, sentence pairs, regression): the flow's steps for labelled data."""
+
+import logging
+import math
+from pathlib import Path
+
+import keras
+import keras_hub
+from omegaconf import DictConfig
+
+from app.data.pipeline import build_dataset, epoch_stream, tokenized
+from app.data.task import load_task_data
+from app.models.classifier import build_task_model, task_loss, task_train_metrics
+from app.runs.export import export_run
+from app.runs.layout import RunLayout
+from app.runs.record import write_json
+from app.tasks.base import TrainingData
+from app.tasks.tokenizer import build_tokenizer
+from app.training.callbacks import FullEvaluation
+from app.training.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PREDICTIONS = 8
+
+
+class FineTuning:
+    """Labelled splits -> tokenizer -> length-bucketed batches -> AlbertTextClassifier.
+
+    Args:
+        cfg: the composed run config (`data.task` classification or regression).
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.extra_metrics: dict = {}
+
+    def read_data(self, layout: RunLayout) -> None:
+        """Read both splits (errors name file and line) and record the label names."""
+        self.task, self.train_split, self.eval_split = load_task_data(self.cfg.data)
+        log.info("Task: %s, %d train / %d eval examples, labels %s", self.task.kind,
+                 len(self.train_split), len(self.eval_split), list(self.task.label_names))
+        write_json(layout.labels, list(self.task.label_names))
+
+    def build_tokenizer(self, layout: RunLayout) -> keras_hub.models.AlbertTokenizer:
+        """The run's tokenizer (trained on the training texts unless given) and preprocessor."""
+        texts = [text for column in self.train_split.texts for text in column]
+        self.tokenizer = build_tokenizer(self.cfg, texts, layout.tokenizer_dir)
+        self.preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
+            self.tokenizer, sequence_length=self.cfg.data.sequence_length)
+        return self.tokenizer
+
+    def build_pipelines(self) -> TrainingData:
+        """Tokenized once (cached), shuffled per epoch, optionally length-bucketed."""
+        cfg = self.cfg
+        batches = epoch_stream(tokenized(self.train_split, self.preprocessor),
+                               len(self.train_split), cfg.trainer.batch_size,
+                               cfg.data.shuffle_buffer, cfg.seed, cfg.trainer.epochs,
+                               bucket_boundaries=cfg.data.bucket_boundaries)
+        steps = math.ceil(len(self.train_split) / cfg.trainer.batch_size)
+        self.data = TrainingData(batches, len(self.train_split), steps)
+        return self.data
+
+    def build_model(self) -> keras.Model:
+        """The compiled classifier (or regressor); call under the strategy's scope."""
+        cfg = self.cfg
+        model = build_task_model(cfg.model, self.task, self.tokenizer.vocabulary_size())
+        model.compile(
+            optimizer=build_optimizer(cfg.optimizer,
+                                      self.data.steps_per_epoch * cfg.trainer.epochs,
+                                      cfg.trainer.gradient_accumulation_steps),
+            loss=task_loss(self.task),
+            metrics=task_train_metrics(self.task),
+            jit_compile=cfg.trainer.jit_compile,
+            steps_per_execution=cfg.trainer.steps_per_execution,
+        )
+        return model
+
+    def build_evaluation(self, model: keras.Model) -> FullEvaluation:
+        """Task metrics (F1, MCC, correlations) on the whole eval split after every epoch."""
+        dataset = build_dataset(self.eval_split, self.preprocessor, self.cfg.trainer.batch_size)
+        return FullEvaluation(dataset, self.eval_split.targets, self.task, task_loss(self.task))
+
+    def export(self, model: keras.Model, layout: RunLayout) -> Path:
+        """Preset, `.keras` and SavedModel, with the preprocessor attached."""
+        samples = tuple(column[:SAMPLE_PREDICTIONS] for column in self.eval_split.texts)
+        return export_run(model, self.preprocessor, layout.root, self.task.label_names,
+                          samples[0] if len(samples) == 1 else samples)

@@ -1,0 +1,148 @@
+"""Pretraining (`data.task=pretraining`): corpus -> tokenizer -> masked pipelines -> MLM+SOP model.
+
+app.train walks these steps like fine-tuning's, so a pretraining run follows the same
+run-folder contract (checkpoints, resume, TensorBoard, metrics.json, export/).
+"""
+
+import logging
+import math
+from functools import partial
+from pathlib import Path
+
+import keras
+import keras_hub
+import sentencepiece
+from omegaconf import DictConfig
+
+from app.data.pipeline import epoch_stream
+from app.data.pretraining.corpus import expand_files
+from app.data.pretraining.masking import NGramMasker
+from app.data.pretraining.pipeline import (
+    corpus_documents,
+    corpus_sentences,
+    masked_eval_batches,
+    pretraining_examples,
+    special_ids,
+)
+from app.data.pretraining.sentence_order import order_and_mask
+from app.errors import DataError
+from app.models.backbone import build_backbone
+from app.models.pretrainer import (
+    AlbertPretrainer,
+    export_preset,
+    pretraining_losses,
+    pretraining_metrics,
+)
+from app.runs.layout import RunLayout
+from app.tasks.base import TrainingData
+from app.tasks.tokenizer import build_tokenizer
+from app.training.callbacks import CompiledEvaluation
+from app.training.optim import build_optimizer
+
+log = logging.getLogger(__name__)
+
+
+def _corpus_files(data: DictConfig) -> tuple[list[Path], list[Path] | None]:
+    train_files = expand_files(data.dir, data.train_file, "data.train_file")
+    if not data.eval_file:
+        return train_files, None
+    return train_files, expand_files(data.dir, data.eval_file, "data.eval_file")
+
+
+def build_masker(tokenizer, data: DictConfig) -> NGramMasker:
+    """The n-gram masker for a tokenizer's vocabulary and the `data` masking settings."""
+    return NGramMasker(tokenizer.get_vocabulary(), masked_lm_prob=data.masked_lm_prob,
+                       max_predictions=data.max_predictions, max_ngram=data.max_ngram)
+
+
+def _examples(cfg: DictConfig, processor) -> tuple:
+    """Train and eval examples (packed, unmasked) and their counts, from the `data` config."""
+    data = cfg.data
+    train_files, eval_files = _corpus_files(data)
+    if eval_files is None:  # evaluate on every k-th training document, held out
+        train_documents = partial(corpus_documents, train_files, data, holdout=False)
+        eval_documents = partial(corpus_documents, train_files, data, holdout=True)
+    else:
+        train_documents = partial(corpus_documents, train_files, data)
+        eval_documents = partial(corpus_documents, eval_files, data)
+
+    train, num_train = pretraining_examples(
+        train_documents, processor, data, cfg.seed, max_examples=data.max_train_examples,
+        description=f"training corpus ({data.train_file})")
+    evaluation, num_eval = pretraining_examples(
+        eval_documents, processor, data, cfg.seed, max_examples=data.max_eval_examples,
+        description=f"eval corpus ({data.eval_file or 'held-out training documents'})")
+    return train, num_train, evaluation, num_eval
+
+
+class Pretraining:
+    """Text corpus -> tokenizer -> packed sentence pairs, masked per epoch -> MLM + SOP model.
+
+    Args:
+        cfg: the composed run config, `data.task=pretraining`.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.extra_metrics: dict = {}
+
+    def read_data(self, layout: RunLayout) -> None:
+        """Find the corpus files; a corpus without a sentence fails here, before any work."""
+        data = self.cfg.data
+        self.train_files, _ = _corpus_files(data)
+        if next(corpus_sentences(self.train_files, data), None) is None:
+            raise DataError(f"The training corpus has no text: `data.train_file` "
+                            f"{data.train_file!r} matches {[str(f) for f in self.train_files]}, "
+                            f"which contain no sentence; expected UTF-8 text files with documents")
+
+    def build_tokenizer(self, layout: RunLayout) -> keras_hub.models.AlbertTokenizer:
+        """The run's tokenizer (trained on the corpus unless given) and the n-gram masker."""
+        sentences = corpus_sentences(self.train_files, self.cfg.data)
+        self.tokenizer = build_tokenizer(self.cfg, sentences, layout.tokenizer_dir)
+        self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.tokenizer.proto)
+        special_ids(self.processor, "the run's tokenizer")
+        self.masker = build_masker(self.tokenizer, self.cfg.data)
+        return self.tokenizer
+
+    def build_pipelines(self) -> TrainingData:
+        """Read, tokenize and pack the corpus once (cached); order and masks drawn per epoch."""
+        cfg = self.cfg
+        train, num_train, self.eval_examples, num_eval = _examples(cfg, self.processor)
+        log.info("Pretraining on %d examples, evaluating on %d", num_train, num_eval)
+        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval)
+        batches = epoch_stream(train, num_train, cfg.trainer.batch_size, cfg.data.shuffle_buffer,
+                               cfg.seed, cfg.trainer.epochs,
+                               per_example=order_and_mask(self.masker))
+        self.data = TrainingData(batches, num_train, math.ceil(num_train / cfg.trainer.batch_size))
+        return self.data
+
+    def build_model(self) -> keras.Model:
+        """The compiled AlbertPretrainer; call under the strategy's scope."""
+        cfg = self.cfg
+        model = AlbertPretrainer(build_backbone(cfg.model, self.tokenizer.vocabulary_size()))
+        model.compile(
+            optimizer=build_optimizer(cfg.optimizer,
+                                      self.data.steps_per_epoch * cfg.trainer.epochs,
+                                      cfg.trainer.gradient_accumulation_steps),
+            loss=pretraining_losses(),
+            **pretraining_metrics(),
+            jit_compile=cfg.trainer.jit_compile,
+            steps_per_execution=cfg.trainer.steps_per_execution,
+        )
+        return model
+
+    def build_evaluation(self, model: keras.Model) -> CompiledEvaluation:
+        """MLM and SOP metrics on fixed masks after every epoch; also records them before."""
+        batches = masked_eval_batches(self.eval_examples, self.masker, self.cfg.trainer.batch_size,
+                                      self.cfg.seed)
+        evaluation = CompiledEvaluation(batches)
+        self.extra_metrics["initial"] = evaluation.evaluate(model)
+        return evaluation
+
+    def export(self, model: keras.Model, layout: RunLayout) -> Path:
+        """An `AlbertMaskedLM` preset (with tokenizer) and the MLM+SOP model as `.keras`."""
+        with model.distribute_strategy.scope():  # the MaskedLM's new variables, as the model's
+            export_preset(model, self.tokenizer, layout.preset, self.cfg.data.sequence_length,
+                          self.masker.masked_lm_prob, self.masker.max_predictions)
+        model.save(layout.model)
+        return layout.export
