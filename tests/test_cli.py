@@ -1,5 +1,6 @@
-"""`python -m app` as a user runs it: run folder layout, determinism, and clean failures."""
+"""The commands as a user runs them: run folder layout, determinism, help, clean failures."""
 
+import dataclasses
 import json
 import os
 import re
@@ -7,13 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import TINY
+import pytest
+from conftest import TINY, run_command
+
+from app.config.schema import SCHEMAS, TrainConfig
+from app.runtime.console import check_override_keys, config_groups
+from app.runtime.native_logs import is_native_log_line
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def run_app(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-m", "app", *overrides], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -57,3 +63,50 @@ def test_runs_get_their_own_folders_under_output_dir(tmp_path, sentiment_dir):
     (run_dir,) = (tmp_path / "tiny").iterdir()
     assert (run_dir / "metrics.json").is_file()
     assert f"Run folder: {run_dir}" in result.stdout + result.stderr
+    # TensorFlow's C++ start-up lines stay off the terminal; the app's own lines pass.
+    native = [line for line in result.stderr.splitlines() if re.match(r"[IWE]\d{4} ", line)]
+    assert not native, native
+    assert re.search(r"step \d+/\d+ loss .* examples/s, \S+ left", result.stdout)
+
+
+@pytest.mark.parametrize("command", sorted(SCHEMAS))
+def test_every_command_lists_its_keys(command):
+    module = "app.bench" if command == "bench" else f"app.{command}"
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert f"Usage: albert-{command}" in out and f"Keys (conf/{command}.yaml):" in out
+    listed = {line.split(":")[0].strip() for line in out.splitlines()
+              if re.match(r"  [a-z_]+:", line)}
+    fields = {f.name for f in dataclasses.fields(SCHEMAS[command])}
+    if command in ("train", "bench"):  # the groups are listed as groups, the rest as keys
+        fields -= set(config_groups(TrainConfig)) | {"callbacks", "logger"}
+    if command == "bench":  # and the training keys are albert-train's
+        fields = {"bench"}
+    assert fields <= listed, fields - listed
+
+
+def test_unknown_keys_are_refused_naming_the_allowed_ones(monkeypatch):
+    from app.train import main
+
+    code = run_command(monkeypatch, main, "trainer.epoch=3")
+    assert code.startswith("error: unknown key `trainer.epoch` for `trainer`.")
+    assert "'epochs'" in code and "\n" not in code
+    code = run_command(monkeypatch, main, "seeed=3")
+    assert "unknown key `seeed` for this command" in code and "'seed'" in code
+    assert "'model'" in code and "'experiment'" in code  # config groups are keys too
+    # Hydra's own keys, groups and sweeps pass the check.
+    check_override_keys(["hydra.run.dir=x", "model=albert_small", "-m", "--cfg", "job",
+                         "+callbacks.x=1", "optimizer.learning_rate=1e-4,3e-4"], TrainConfig,
+                        config_groups(TrainConfig))
+
+
+def test_native_log_lines_are_recognized():
+    assert is_native_log_line(b"I0000 00:00:1796167182.013279    4387 cudart_stub.cc:31] Could "
+                              b"not find cuda drivers on your machine, GPU will not be used.")
+    assert is_native_log_line(b"E0000 00:00:1796167186.744617    4387 cuda_platform.cc:52] fail")
+    assert is_native_log_line(b"W1201 12:00:01.000001   12 dataset.cc:997] Input of ...")
+    assert not is_native_log_line(b"F0000 00:00:17.0 1 x.cc:1] fatal: always shown")
+    assert not is_native_log_line(b"[2026-12-01 23:19:47,001][app.train][INFO] - Reading data")
+    assert not is_native_log_line(b"error: `data.dir` does not exist. Received: 'x'")

@@ -17,7 +17,9 @@ from omegaconf import OmegaConf
 from app.data.task import TaskSpec
 from app.data.tokenizer import load_tokenizer
 from app.models.classifier import build_task_model
+from app.runs.layout import RunLayout
 from app.train import train
+from app.training.resume import all_states
 
 REPO = Path(__file__).resolve().parents[1]
 # No dropout, so every strategy computes the same function of the same batches.
@@ -136,24 +138,93 @@ def test_tpu_without_a_tpu_fails_clearly(tmp_path, sentiment_dir, address):
     assert "no TPU is reachable" in output
 
 
+def saved_states(run_dir: Path) -> dict[int, dict[str, np.ndarray]]:
+    """The run's training states by step: each `model.variables` array (float ones only, so
+    not the seed generators' counters), as app.training.resume saves them."""
+    states = {}
+    for path in all_states(RunLayout(run_dir).states):
+        with np.load(path / "variables.npz", allow_pickle=False) as arrays:
+            states[json.loads((path / "meta.json").read_text())["step"]] = {
+                key: arrays[key] for key in arrays.files
+                if key.startswith("model/") and arrays[key].dtype.kind == "f"}
+    return states
+
+
 def test_bfloat16_trains_on_cpu(tmp_path, sentiment_dir):
     cfg = compose_config(*TINY, "data=tsv", f"data.dir={sentiment_dir}", "trainer.epochs=1",
                          "trainer.precision=mixed_bfloat16")
-    metrics = train(cfg, tmp_path / "run")
-    assert math.isfinite(metrics["history"]["loss"][0])
-    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    values = [*metrics["history"]["loss"], *metrics["history"]["val_loss"],
+              *metrics["final"].values()]
+    assert values and all(math.isfinite(v) for v in values), metrics
+    # The trained model as exported, loaded under the float32 default: each layer's dtype
+    # policy comes from the saved config, i.e. from the model that trained.
+    keras.config.set_dtype_policy("float32")
+    try:
+        model = keras.saving.load_model(run_dir / "export/model.keras", compile=False)
+        assert model.dtype_policy.name == "mixed_bfloat16"
+        # Every layer holding weights, nested ones included (Keras has no public walk).
+        with_weights = [layer for layer in model._flatten_layers() if layer.weights]
+        assert len(with_weights) > 10
+        for layer in with_weights:
+            assert (layer.compute_dtype, layer.variable_dtype) == ("bfloat16", "float32"), layer
+        assert {v.dtype for v in model.weights} == {"float32"}
+        # Its forward pass computes in bfloat16.
+        features, _, _ = keras.utils.unpack_x_y_sample_weight(
+            model.preprocessor(["a truly stunning film", "dull"]))
+        outputs = model.backbone(features)
+        assert {keras.backend.standardize_dtype(out.dtype) for out in outputs.values()} == {
+            "bfloat16"}
+    finally:
+        keras.config.set_dtype_policy("float32")
+    # The variables the optimizer updated stayed float32 (master weights), first to last.
+    states = saved_states(run_dir)
+    assert sorted(states) == [0, 192 // 16]  # the start and the end of one epoch
+    assert {array.dtype for state in states.values() for array in state.values()} == {
+        np.dtype("float32")}
+
+
+# Plain SGD: an update proportional to the gradient, so a sum of the k gradients instead of
+# their mean (or a learning-rate schedule counting batches instead of updates) changes every
+# update, where Adam (update ~ m / sqrt(v)) is blind to the gradient's scale. No clipping or
+# weight decay: global clipping would also hide a scale. SGD takes none of the Adam-family keys
+# the optimizer schema always carries (beta_1, beta_2, epsilon), and that structured node
+# allows no `~optimizer.beta_1`, so the composed config is made a plain one, as a saved
+# .hydra/config.yaml is, with this optimizer node.
+SGD = {"_target_": "keras.optimizers.SGD", "learning_rate": 0.5, "weight_decay": None,
+       "global_clipnorm": None, "warmup_ratio": 0.0, "no_weight_decay": []}
+RTOL, ATOL = 1e-3, 1e-7
 
 
 def test_gradient_accumulation_matches_a_larger_batch(tmp_path, sentiment_dir):
     common = [*EXACT, "trainer.deterministic=false", "data=tsv", f"data.dir={sentiment_dir}",
               "strategy=cpu",
               "data.max_train_examples=64"]
-    weights = []
+    states = {}
     for name, batch, steps in (("big", 16, 1), ("accumulated", 8, 2)):
         cfg = compose_config(*common, f"trainer.batch_size={batch}",
                              f"trainer.gradient_accumulation_steps={steps}")
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg))
+        cfg.optimizer = SGD
         train(cfg, tmp_path / name)
-        weights.append(keras.saving.load_model(tmp_path / name / "export/model.keras")
-                       .get_weights())
-    for big, accumulated in zip(*weights, strict=True):
-        np.testing.assert_allclose(accumulated, big, rtol=1e-3, atol=1e-5)
+        states[name] = saved_states(tmp_path / name)
+    # 64 examples: 4 updates of one batch of 16, or of 2 accumulated batches of 8.
+    assert sorted(states["big"]) == [0, 4] and sorted(states["accumulated"]) == [0, 8]
+    start, big = states["big"][0], states["big"][4]
+    same_start, accumulated = states["accumulated"][0], states["accumulated"][8]
+    assert start.keys() == same_start.keys() == big.keys() == accumulated.keys()
+    for key in start:  # the same seed built the same model
+        np.testing.assert_array_equal(same_start[key], start[key])
+    big_updates = np.concatenate([(big[k] - start[k]).ravel() for k in start])
+    accumulated_updates = np.concatenate([(accumulated[k] - start[k]).ravel() for k in start])
+    # The tolerance is far below the updates: a doubled update (a sum of 2 gradients) would be
+    # off by the update itself.
+    assert np.abs(big_updates).max() > 1e3 * ATOL
+    assert not np.allclose(2 * big_updates, big_updates, rtol=RTOL, atol=ATOL)
+    for key in start:
+        np.testing.assert_allclose(accumulated[key] - start[key], big[key] - start[key],
+                                   rtol=RTOL, atol=ATOL, err_msg=key)
+    np.testing.assert_allclose(np.linalg.norm(accumulated_updates - big_updates)
+                               / np.linalg.norm(big_updates), 0, atol=1e-4)

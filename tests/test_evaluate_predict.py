@@ -2,14 +2,14 @@
 
 import csv
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, write_splits
+from conftest import TINY, run_command, write_splits
 
 from app import evaluate as evaluate_tool
 from app import predict as predict_tool
@@ -24,8 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -67,7 +66,7 @@ def test_evaluate_cli_on_another_file_with_other_columns(finished_run, tmp_path)
         writer = csv.writer(out)
         writer.writerow(["id", "review", "stars"])
         writer.writerows((i, text, label) for i, (text, label) in enumerate(rows))
-    result = run_module("app.evaluate", f"run={finished_run}", f"data={other}",
+    result = run_module("app.evaluate", f"run={finished_run}", f"input={other}",
                         "data.text_column=review", "data.label_column=stars", "progress=false")
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((finished_run / "eval_reviews.json").read_text())
@@ -100,7 +99,7 @@ def test_predict_jsonl_and_best_checkpoint(finished_run, tmp_path):
     inputs = tmp_path / "new.jsonl"
     inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     output = predict(finished_run, inputs, tmp_path / "out" / "preds.jsonl", progress=False,
-                     overrides={"data.text_column": "text"})
+                     overrides={"text_column": "text"})
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == len(texts) and set(rows[0]) == {"text", "label", "probabilities"}
     got = np.array([[r["probabilities"]["negative"], r["probabilities"]["positive"]]
@@ -111,27 +110,31 @@ def test_predict_jsonl_and_best_checkpoint(finished_run, tmp_path):
     np.testing.assert_allclose(rebuilt.predict(np.array(texts), verbose=0), outputs, atol=1e-5)
 
 
-def test_bad_inputs_give_clear_errors(finished_run, tmp_path):
-    with pytest.raises(ConfigError, match="`run` does not exist. Received: '.*nowhere'"):
-        evaluate_tool.main([f"run={tmp_path / 'nowhere'}"])
-    with pytest.raises(ConfigError, match="`input` is required"):
-        predict_tool.main([f"run={finished_run}", "output=x.tsv"])
-    with pytest.raises(ConfigError, match="unknown argument 'splt'"):
-        evaluate_tool.main([f"run={finished_run}", "splt=test"])
+def test_bad_inputs_give_clear_errors(finished_run, tmp_path, monkeypatch):
+    code = run_command(monkeypatch, evaluate_tool.main, f"run={tmp_path / 'nowhere'}")
+    assert re.fullmatch(r"error: `run` does not exist. Received: '.*nowhere'.*", code)
+    code = run_command(monkeypatch, predict_tool.main, f"run={finished_run}", "output=x.tsv")
+    assert code.startswith("error: `input` is required.")
+    assert code.endswith("expected input=<value>")
+    code = run_command(monkeypatch, evaluate_tool.main, f"run={finished_run}", "splt=test")
+    assert code.startswith("error: unknown key `splt` for this command. Received: 'splt=test'")
+    assert "'run'" in code and "'split'" in code
+    code = run_command(monkeypatch, predict_tool.main, f"run={finished_run}", "data.txt_col=a")
+    assert "unknown key `data.txt_col` for `data`" in code and "'text_column'" in code
 
     wrong = synthetic.write_tsv(tmp_path / "wrong.tsv", ("text", "label"), [("a b .", "positive")])
     with pytest.raises(DataError, match=r"wrong.tsv:1: column 'sentence' not found; the header "
                                         r"has \['text', 'label'\]"):
-        evaluate(finished_run, data=wrong, progress=False)
+        evaluate(finished_run, input=wrong, progress=False)
     unknown = synthetic.write_tsv(tmp_path / "unknown.tsv", ("sentence", "label"),
                                   [("the cast was fun .", "positive"), ("meh .", "neutral")])
     with pytest.raises(DataError, match=r"unknown.tsv:3: label 'neutral' in column 'label' never "
                                         r"occurs in the training split; expected one of "
                                         r"\['negative', 'positive'\]"):
-        evaluate(finished_run, data=unknown, progress=False)
+        evaluate(finished_run, input=unknown, progress=False)
     with pytest.raises(ConfigError, match="trained on single sentences"):
         predict(finished_run, wrong, tmp_path / "p.tsv", overrides={
-            "data.text_column": "text", "data.text_pair_column": "label"})
+            "text_column": "text", "text_pair_column": "label"})
     with pytest.raises(ConfigError, match="cannot tell the output format"):
         predict(finished_run, wrong, tmp_path / "p.txt")
 

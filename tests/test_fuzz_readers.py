@@ -9,22 +9,19 @@ import csv
 import gzip
 import io
 import json
+import re
 import signal
 import string
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.data.pretraining import corpus
 from app.data.readers import read_table
 from app.errors import DataError
-
-try:  # The raw-text (pretraining corpus) reader, where present.
-    from app.data.pretraining import corpus
-except ImportError:
-    corpus = None
-needs_corpus = pytest.mark.skipif(corpus is None, reason="app.data.pretraining.corpus is absent")
 
 NAMES = ["sentence", "label"]
 FORMATS = ("tsv", "csv", "jsonl")
@@ -162,16 +159,37 @@ def test_many_short_lines_are_fast(folder):
     assert len(read_or_clear_error(path, "tsv")) == 300_000
 
 
+def clear_error(path: Path, fmt: str, message: str) -> DataError:
+    """The one-line DataError read_table must raise for `path`: `<path>:<line>: <message>`."""
+    with no_hang(), pytest.raises(DataError) as error:
+        read_table(path, fmt, NAMES)
+    assert re.fullmatch(f"{re.escape(str(path))}:{message}", str(error.value)), error.value
+    return error.value
+
+
 def test_deeply_nested_json_is_a_clear_error(folder):
     path = folder / "deep.jsonl"
-    path.write_text('{"sentence": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 1}\n')
-    read_or_clear_error(path, "jsonl")
+    path.write_text('{"sentence": "x", "label": 1}\n'
+                    '{"sentence": ' + "[" * 100_000 + "]" * 100_000 + ', "label": 1}\n')
+    error = clear_error(path, "jsonl", r"2: JSON nested too deeply or a number too long "
+                                       r"\(RecursionError\)")
+    assert isinstance(error.__cause__, RecursionError)
 
 
 def test_huge_json_integer_is_a_clear_error(folder):
+    # Python refuses to parse an int of more than sys.get_int_max_str_digits() digits (4300
+    # unless PYTHONINTMAXSTRDIGITS or sys.set_int_max_str_digits says otherwise): pin it.
     path = folder / "bigint.jsonl"
-    path.write_text('{"sentence": "x", "label": ' + "9" * 5000 + "}\n")
-    read_or_clear_error(path, "jsonl")
+    path.write_text('{"sentence": "x", "label": 1}\n'
+                    '{"sentence": "x", "label": ' + "9" * 5000 + "}\n")
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(4300)
+    try:
+        error = clear_error(path, "jsonl", r"2: JSON nested too deeply or a number too long "
+                                           r"\(ValueError\)")
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert "5000 digits" in str(error.__cause__)
 
 
 @pytest.mark.parametrize("char", ["\u2028", "\x85"])  # json.dumps escapes \x0b, \x0c, \x1c-\x1e
@@ -196,7 +214,6 @@ def documents_or_clear_error(path: Path, seconds: float = SECONDS):
     return documents
 
 
-@needs_corpus
 @FUZZ
 @given(data=st.binary(max_size=3000), gz=st.booleans())
 def test_raw_text_random_bytes(folder, data, gz):
@@ -205,7 +222,6 @@ def test_raw_text_random_bytes(folder, data, gz):
     documents_or_clear_error(path)
 
 
-@needs_corpus
 @FUZZ
 @given(pieces=st.lists(st.sampled_from(TRICKY + [". ", "! ", "? ", "Mr. ", "A. ", " = T = "])
                        | st.text(max_size=12), max_size=120),
@@ -218,7 +234,6 @@ def test_raw_text_tricky_text(folder, pieces, gz):
     assert documents is not None  # valid UTF-8 (or replaced), valid gzip: always readable
 
 
-@needs_corpus
 def test_raw_text_long_line_of_prose(folder):
     path = folder / "long.txt"
     words = (string.ascii_lowercase * 40_000)[:1_000_000]
@@ -226,16 +241,25 @@ def test_raw_text_long_line_of_prose(folder):
     assert len(documents_or_clear_error(path)) == 1
 
 
-@needs_corpus
-def test_raw_text_corrupt_gzip_is_a_clear_error(folder):
+@pytest.mark.parametrize("damage", ["corrupt", "truncated"])
+def test_raw_text_corrupt_gzip_is_a_clear_error(folder, damage):
     data = bytearray(gzip.compress(b"Hello there. General Kenobi.\n\nSecond doc.\n" * 100))
-    data[30:60] = bytes(range(30))
-    path = folder / "corrupt.txt.gz"
+    if damage == "corrupt":
+        data[30:60] = bytes(range(30))
+    else:
+        del data[len(data) // 2:]
+    path = folder / f"{damage}.txt.gz"
     path.write_bytes(bytes(data))
-    documents_or_clear_error(path)
+    # A gzip stream has no lines to name: the error names the file and what zlib/gzip found.
+    with no_hang(), pytest.raises(DataError) as error:
+        list(corpus.iter_documents([path]))
+    assert str(error.value).startswith(f"Cannot read corpus file '{path}': ")
+    assert "\n" not in str(error.value)
+    reasons = {"corrupt": r"Error -3 while decompressing data|CRC check failed",
+               "truncated": r"Compressed file ended before the end-of-stream marker"}
+    assert re.search(reasons[damage], str(error.value)), error.value
 
 
-@needs_corpus
 def test_raw_text_long_run_of_initials_is_not_a_hang(folder):
     path = folder / "initials.txt"
     path.write_text("a. B " * 20_000 + "\n")  # 100 kB: seconds per MB would be fine, hours not

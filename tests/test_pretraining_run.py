@@ -14,9 +14,9 @@ from test_pretraining_data import synthetic_documents, write_corpus
 
 from app.config.validate import validate
 from app.data.task import TaskSpec
-from app.tasks.tokenizer import build_tokenizer
 from app.errors import ConfigError, DataError
 from app.models.classifier import build_task_model
+from app.tasks.tokenizer import build_tokenizer
 from app.train import train
 
 PRETRAIN = [

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_command
 
 from app.errors import ConfigError
 from app.report import main, report
@@ -88,19 +89,19 @@ def test_minimized_metric_and_a_whole_tree(tmp_path):
                     "sts/multirun/t/1": True, "sts/multirun/t/2": False, "trec/a": True}
 
 
-def test_cli_prints_the_table(sweep, tmp_path, capsys):
-    main([str(sweep), f"csv={tmp_path / 'table.csv'}", "plot=false"])
+def test_cli_prints_the_table(sweep, tmp_path, capsys, monkeypatch):
+    assert run_command(monkeypatch, main, f"input={sweep}", f"csv={tmp_path / 'table.csv'}",
+                       "plot=false") == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("best  job  model")
     assert "6 runs: 4 completed, 1 failed, 1 running" in out
     assert (tmp_path / "table.csv").is_file() and not (sweep / "report.png").exists()
 
 
-def test_errors(tmp_path):
+def test_errors(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="run folder does not exist. Received: '.*nowhere'"):
         report(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="no run folders"):
         report(tmp_path)
-    with pytest.raises(ConfigError, match="usage: python -m app.report <dir>"):
-        main([])
+    assert run_command(monkeypatch, main).startswith("error: `input` is required.")
     assert find_runs(tmp_path) == []

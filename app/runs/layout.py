@@ -39,83 +39,38 @@ SAMPLE_PREDICTIONS_FILE = "sample_predictions.json"
 
 @dataclass(frozen=True)
 class RunLayout:
-    """The paths of one run folder (nothing is created)."""
+    """The paths of one run folder (nothing is created): `RunLayout(root).metrics`, ..."""
 
     root: Path
 
-    @property
-    def hydra_config(self) -> Path:
-        return self.root / HYDRA_DIR / CONFIG_FILE
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
 
-    @property
-    def overrides(self) -> Path:
-        return self.root / HYDRA_DIR / OVERRIDES_FILE
-
-    @property
-    def status(self) -> Path:
-        return self.root / STATUS_FILE
+    hydra_config = property(lambda self: self.root / HYDRA_DIR / CONFIG_FILE)
+    overrides = property(lambda self: self.root / HYDRA_DIR / OVERRIDES_FILE)
+    status = property(lambda self: self.root / STATUS_FILE)
+    labels = property(lambda self: self.root / LABELS_FILE)
+    history = property(lambda self: self.root / HISTORY_FILE)
+    metrics = property(lambda self: self.root / METRICS_FILE)
+    tokenizer_dir = property(lambda self: self.root / TOKENIZER_DIR)
+    proto = property(lambda self: self.root / TOKENIZER_DIR / PROTO_FILE)
+    checkpoints = property(lambda self: self.root / CHECKPOINTS_DIR)
+    states = property(lambda self: self.root / CHECKPOINTS_DIR / STATE_DIR)  # step-<N>/ states
+    tensorboard = property(lambda self: self.root / TENSORBOARD_DIR)
+    export = property(lambda self: self.root / EXPORT_DIR)
+    preset = property(lambda self: self.root / EXPORT_DIR / PRESET_DIR)
+    model = property(lambda self: self.root / EXPORT_DIR / MODEL_FILE)
+    saved_model = property(lambda self: self.root / EXPORT_DIR / SAVED_MODEL_DIR)
+    sample_predictions = property(lambda self: self.root / EXPORT_DIR / SAMPLE_PREDICTIONS_FILE)
 
     def env(self, resumed_at: int | None = None) -> Path:
         """`env.json`, or `env-resume-<step>.json` for a resume at global batch `resumed_at`."""
         return self.root / (ENV_FILE if resumed_at is None else f"env-resume-{resumed_at}.json")
 
-    @property
-    def labels(self) -> Path:
-        return self.root / LABELS_FILE
-
-    @property
-    def history(self) -> Path:
-        return self.root / HISTORY_FILE
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / METRICS_FILE
-
     def evaluation(self, split: str) -> Path:
         """The record `evaluate` writes for a split."""
         return self.root / f"eval_{split}.json"
 
-    @property
-    def tokenizer_dir(self) -> Path:
-        return self.root / TOKENIZER_DIR
-
-    @property
-    def proto(self) -> Path:
-        return self.tokenizer_dir / PROTO_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS_DIR
-
     def weights(self, name: str) -> Path:
         """`checkpoints/<name>.weights.h5` (`best` or `last`)."""
         return self.checkpoints / f"{name}{WEIGHTS_SUFFIX}"
-
-    @property
-    def states(self) -> Path:
-        """Where full training states (`step-<N>/`) are kept for resume."""
-        return self.checkpoints / STATE_DIR
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / TENSORBOARD_DIR
-
-    @property
-    def export(self) -> Path:
-        return self.root / EXPORT_DIR
-
-    @property
-    def preset(self) -> Path:
-        return self.export / PRESET_DIR
-
-    @property
-    def model(self) -> Path:
-        return self.export / MODEL_FILE
-
-    @property
-    def saved_model(self) -> Path:
-        return self.export / SAVED_MODEL_DIR
-
-    @property
-    def sample_predictions(self) -> Path:
-        return self.export / SAMPLE_PREDICTIONS_FILE

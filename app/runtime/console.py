@@ -20,9 +20,9 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from app.config.schema import register_configs
+from app.config.schema import TrainConfig, register_configs
 from app.errors import PREEMPTED_EXIT_CODE, AppError, ConfigError, Preempted
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,32 @@ log = logging.getLogger(__name__)
 CONFIG_PATH = "pkg://app.conf"  # conf/ of the repository, shipped inside the package
 
 
-def config_groups() -> list[str]:
-    """The config groups of conf/ (`model`, `data`, `experiment`, ...)."""
+class ConsoleHandler(logging.StreamHandler):
+    """Log lines to whatever `sys.stdout` / `sys.stderr` is when each is written.
+
+    A plain StreamHandler keeps the stream it was configured with, which a caller that swaps
+    the stream (pytest, a notebook) may close while the handler lives on.
+
+    Args:
+        to: `stdout` or `stderr`.
+    """
+
+    def __init__(self, to: str = "stderr", **stream):  # Hydra's `stream` is not kept
+        logging.Handler.__init__(self)
+        self.to = to
+
+    @property
+    def stream(self):
+        return getattr(sys, self.to)
+
+
+def config_groups(schema: type) -> list[str]:
+    """The config groups a command composes: those of conf/ (`model`, `data`, `experiment`,
+    ...) for training configs, none for the others."""
+    if not issubclass(schema, TrainConfig):
+        return []
     return sorted(entry.name for entry in resources.files("app.conf").iterdir()
-                  if entry.is_dir() and not entry.name.startswith("__"))
+                  if entry.is_dir() and entry.name not in ("__pycache__", "hydra", "schema"))
 
 
 def _fields(schema: type) -> dict[str, Any]:
@@ -60,8 +82,8 @@ def check_override_keys(overrides: list[str], schema: type, groups: list[str]) -
         node, path = schema, []
         for part in key.split("."):
             allowed = _fields(node)
-            if not path and part in groups:
-                allowed = {**allowed, part: Any}
+            if not path:
+                allowed = {**{group: Any for group in groups}, **allowed}
             if part not in allowed:
                 where = f"`{'.'.join(path)}`" if path else "this command"
                 names = sorted(allowed if path else {*allowed, *groups})
@@ -93,6 +115,10 @@ def command(config_name: str, schema: type) -> Callable[[Callable], Callable[[],
     def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         def guarded(cfg: DictConfig) -> Any:
             try:
+                missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
+                if missing:
+                    raise ConfigError(f"`{missing[0]}` is required. Received: "
+                                      f"{sys.argv[1:]}; expected {missing[0]}=<value>")
                 return fn(cfg)
             except AppError as error:
                 _fail(error)
@@ -103,7 +129,7 @@ def command(config_name: str, schema: type) -> Callable[[Callable], Callable[[],
         def main() -> Any:
             register_configs()
             try:
-                check_override_keys(sys.argv[1:], schema, config_groups())
+                check_override_keys(sys.argv[1:], schema, config_groups(schema))
             except ConfigError as error:
                 sys.exit(f"error: {error}")
             return app()
@@ -136,5 +162,6 @@ def sweep_policy(job: Callable[[], float]) -> float:
         log.error("Job failed, the sweep goes on: %s", error,
                   exc_info=not isinstance(error, AppError))
         if "optuna" in str(hydra_cfg.sweeper.get("_target_", "")):
-            raise
+            # Not an AppError: `command` would turn that into an exit that ends the sweep.
+            raise RuntimeError(f"{type(error).__name__}: {error}") from error
         return math.nan

@@ -32,7 +32,7 @@ def _refusal(error: Exception) -> str:
     """Why Keras refused to deserialize a config, in one line."""
     message = " ".join(str(error).split())
     unknown = re.search(r"Could not (?:locate|deserialize) (?:class |function )?'([^']+)'"
-                        r"|no class registered with Keras for (\S+?)\.? ", message)
+                        r"|no class registered with Keras for (\S+?)\.?(?: |$)", message)
     if unknown:
         name = unknown.group(1) or unknown.group(2)
         return (f"it holds a class the app does not know ({name!r}); only Keras, "

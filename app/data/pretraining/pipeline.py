@@ -23,6 +23,8 @@ from app.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
+PROGRESS_DOCUMENTS = 10_000  # documents between progress lines of the first pass
+
 
 @dataclass
 class CorpusStats:
@@ -74,12 +76,16 @@ def corpus_sentences(files: list[Path], data: DictConfig) -> Iterator[str]:
         yield from document
 
 
-def _tokenized(documents, processor, stats: CorpusStats):
+def _tokenized(documents, processor, stats: CorpusStats, description: str):
+    """Token ids of each document's sentences; a progress line every PROGRESS_DOCUMENTS."""
     for document in documents:
         stats.documents += 1
         sentences = [ids for ids in processor.encode(document) if ids]
         stats.sentences += len(sentences)
         stats.multi_sentence_documents += len(sentences) > 1
+        if stats.documents % PROGRESS_DOCUMENTS == 0:
+            log.info("%s: read and tokenized %d documents, %d sentences so far", description,
+                     stats.documents, stats.sentences)
         yield sentences
 
 
@@ -117,7 +123,7 @@ def pretraining_examples(
     stats = CorpusStats()
 
     def examples():
-        documents = _tokenized(documents_fn(), processor, stats)
+        documents = _tokenized(documents_fn(), processor, stats, description)
         yield from iter_examples(documents, data.sequence_length, ids, data.short_seq_prob, seed)
 
     dataset = tf.data.Dataset.from_generator(
