@@ -154,7 +154,12 @@ def test_full_error_flag_shows_the_traceback(monkeypatch, tmp_path):
 
 
 def test_hydra_config_errors_are_short(monkeypatch, tmp_path, capsys):
-    for override in ("model.no_such_key=1", "trainer.epochs=many", "model=no_such_model"):
+    # An unknown key: refused before Hydra composes, in one line naming the allowed keys.
+    code = run_main(monkeypatch, f"paths.output_dir={tmp_path}", "model.no_such_key=1")
+    assert code.startswith("error: unknown key `model.no_such_key` for `model`.")
+    assert "'num_layers'" in code and "\n" not in code
+    # A wrong type or option: Hydra's own short message.
+    for override in ("trainer.epochs=many", "model=no_such_model"):
         assert run_main(monkeypatch, f"paths.output_dir={tmp_path}", override) == 1
         err = capsys.readouterr().err
         assert "Traceback (most" not in err and len(err.splitlines()) <= 16, err

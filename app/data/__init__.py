@@ -1,0 +1,1 @@
+"""Data: readers, labels, tf.data pipelines, SentencePiece, synthetic sets, raw-text corpora."""

@@ -1,0 +1,1 @@
+"""Runtime: distribution strategy, multi-worker workarounds, safe loading, the terminal."""

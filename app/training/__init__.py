@@ -1,0 +1,1 @@
+"""Training: session, fit (signals, rollback), resume, callbacks, checkpoints, optimizers."""
