@@ -53,6 +53,8 @@ def test_train_tokenizer_writes_model_vocab_and_report(tmp_path):
                              holdout_every=10)
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"spm.model", "spm.vocab"}
     assert report["model"] == str(tmp_path / "out" / "spm.model")
+    # The model does not carry the path it was trained at (it travels with every export).
+    assert str(tmp_path).encode() not in (tmp_path / "out" / "spm.model").read_bytes()
     assert report["vocab_size"] == 60 and report["input"] == [str(corpus)]
     assert report["special_pieces"] == {p: i for i, p in enumerate(SPECIAL_PIECES)}
     assert report["held_out_sentences"] > 10 and 1.0 <= report["pieces_per_word"] < 4.0

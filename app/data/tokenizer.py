@@ -11,6 +11,7 @@ from pathlib import Path
 
 import keras_hub
 import sentencepiece
+from sentencepiece import sentencepiece_model_pb2
 
 from app.data.pretraining.corpus import expand_files, read_lines, split_sentences
 from app.errors import ConfigError, DataError
@@ -105,7 +106,18 @@ def train_sentencepiece(
                 f"expected a vocab_size <= {limit.group(1)}, or more text"
             ) from error
         raise DataError(f"SentencePiece training failed: {error}") from error
-    return model_prefix.with_suffix(".model")
+    proto = model_prefix.with_suffix(".model")
+    _forget_training_path(proto)
+    return proto
+
+
+def _forget_training_path(proto: Path) -> None:
+    """Keep only the file name of the training prefix in the model (SentencePiece records the
+    path given, which would travel with every preset and `.keras` file of the run)."""
+    model = sentencepiece_model_pb2.ModelProto()
+    model.ParseFromString(proto.read_bytes())
+    model.trainer_spec.model_prefix = proto.stem
+    proto.write_bytes(model.SerializeToString())
 
 
 def load_tokenizer(proto: str | Path) -> keras_hub.models.AlbertTokenizer:
