@@ -16,7 +16,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from app.config.schema import EvaluateConfig
 from app.errors import ConfigError
 from app.models.classifier import task_loss
 from app.runs.read import open_run
@@ -98,7 +97,7 @@ def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | 
     return record
 
 
-@command("evaluate", EvaluateConfig)
+@command("evaluate")
 def main(cfg) -> None:
     """`albert-evaluate run=<run_dir> [input=<file>] [split=<name>] [key=value ...]`."""
     record = evaluate(cfg.run, cfg.input, cfg.split, cfg.checkpoint, cfg.batch_size,

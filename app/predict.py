@@ -16,7 +16,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from app.config.schema import PredictConfig
 from app.errors import ConfigError
 from app.runs.read import open_run
 from app.runtime.console import command
@@ -109,7 +108,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
     return output
 
 
-@command("predict", PredictConfig)
+@command("predict")
 def main(cfg) -> None:
     """`albert-predict run=<run_dir> input=<file> output=<file> [key=value ...]`."""
     predict(cfg.run, cfg.input, cfg.output, cfg.output_format, cfg.checkpoint, cfg.batch_size,

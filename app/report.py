@@ -7,12 +7,11 @@
 
 from pathlib import Path
 
-from app.config.schema import ReportConfig
 from app.runs.compare import report
 from app.runtime.console import command
 
 
-@command("report", ReportConfig)
+@command("report")
 def main(cfg) -> None:
     """`albert-report input=<dir> [csv=<file>] [png=<file>] [plot=false]`."""
     root = Path(cfg.input)

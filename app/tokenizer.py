@@ -9,7 +9,6 @@ Use the model with `tokenizer.proto=<output>/spm.model` in `albert-train`.
 import logging
 from pathlib import Path
 
-from app.config.schema import TokenizerCommandConfig
 from app.data.tokenizer import train_tokenizer
 from app.runs.record import write_json
 from app.runtime.console import command
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.json"
 
 
-@command("tokenizer", TokenizerCommandConfig)
+@command("tokenizer")
 def main(cfg) -> None:
     """`albert-tokenizer input=<files> vocab_size=16000 [key=value ...]`."""
     output = Path(cfg.output)

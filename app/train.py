@@ -14,7 +14,6 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from app.config.instantiate import check_config
-from app.config.schema import TrainConfig
 from app.config.validate import optimized_metric, validate
 from app.errors import Preempted
 from app.runs.layout import RunLayout
@@ -133,7 +132,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
-@command("train", TrainConfig)
+@command("train")
 def main(cfg: DictConfig) -> float:
     """`albert-train [overrides]`: train one run (or a sweep with -m); returns the optimized
     metric to Hydra's sweepers."""

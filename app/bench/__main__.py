@@ -13,11 +13,10 @@ Every albert-train override applies; `bench.<key>=<value>` sets the bench's own 
 from pathlib import Path
 
 from app.bench.run import run_bench, table
-from app.config.schema import BenchConfig
 from app.runtime.console import command
 
 
-@command("bench", BenchConfig)
+@command("bench")
 def main(cfg) -> dict:
     """`albert-bench [overrides] [bench.<option>=<value>]`: print the table, write bench.json."""
     report = run_bench(cfg)

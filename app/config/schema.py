@@ -50,7 +50,7 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     # Fine-tuning: batch similar lengths together, cut padding to these lengths (null: off).
     bucket_boundaries: list[int] | None = None
-    # Pretraining (task: pretraining; see app.pretraining): train_file/eval_file are globs.
+    # Pretraining (task: pretraining; see app.data.pretraining): train_file/eval_file are globs.
     document_pattern: str | None = None   # regex of heading lines starting a document
     skip_pattern: str | None = None       # regex of lines to drop
     eval_fraction: float = 0.05           # held-out documents when eval_file is null
@@ -154,12 +154,10 @@ class InferenceDataConfig:
 
 
 @dataclass
-class EvaluateConfig:
-    """`albert-evaluate`: task metrics of a finished run on a labelled file."""
+class InferenceConfig:
+    """What evaluate and predict share: the run, its checkpoint and how inputs are read."""
 
     run: str = MISSING
-    input: str | None = None
-    split: str | None = None
     checkpoint: str = "export"
     batch_size: int = 64
     progress: bool = True
@@ -167,17 +165,20 @@ class EvaluateConfig:
 
 
 @dataclass
-class PredictConfig:
+class EvaluateConfig(InferenceConfig):
+    """`albert-evaluate`: task metrics of a finished run on a labelled file."""
+
+    input: str | None = None
+    split: str | None = None
+
+
+@dataclass
+class PredictConfig(InferenceConfig):
     """`albert-predict`: predictions of a finished run on new texts."""
 
-    run: str = MISSING
     input: str = MISSING
     output: str = MISSING
     output_format: str | None = None
-    checkpoint: str = "export"
-    batch_size: int = 64
-    progress: bool = True
-    data: InferenceDataConfig = field(default_factory=InferenceDataConfig)
 
 
 @dataclass

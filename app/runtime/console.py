@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from app.config.schema import TrainConfig, register_configs
+from app.config.schema import SCHEMAS, TrainConfig, register_configs
 from app.errors import PREEMPTED_EXIT_CODE, AppError, ConfigError, Preempted
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,8 @@ def check_override_keys(overrides: list[str], schema: type, groups: list[str]) -
                 allowed = {**{group: Any for group in groups}, **allowed}
             if part not in allowed:
                 where = f"`{'.'.join(path)}`" if path else "this command"
-                names = sorted(allowed if path else {*allowed, *groups})
                 raise ConfigError(f"unknown key `{key}` for {where}. Received: {override!r}; "
-                                  f"expected one of {names}")
+                                  f"expected one of {sorted(allowed)}")
             path.append(part)
             node = allowed[part]
             if not dataclasses.is_dataclass(node):
@@ -104,13 +103,15 @@ def _fail(error: AppError) -> None:
     sys.exit(f"error: {error}")
 
 
-def command(config_name: str, schema: type) -> Callable[[Callable], Callable[[], Any]]:
-    """Turn `fn(cfg)` into a console-script entry point composing `conf/<config_name>.yaml`.
+def command(config_name: str) -> Callable[[Callable], Callable[[], Any]]:
+    """Turn `fn(cfg)` into a console-script entry point composing `conf/<config_name>.yaml`,
+    typed by its schema (`SCHEMAS[config_name]`).
 
     Example:
-        >>> @command("evaluate", EvaluateConfig)
+        >>> @command("evaluate")
         ... def main(cfg): ...
     """
+    schema = SCHEMAS[config_name]
 
     def wrap(fn: Callable[[DictConfig], Any]) -> Callable[[], Any]:
         def guarded(cfg: DictConfig) -> Any:
