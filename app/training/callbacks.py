@@ -109,8 +109,7 @@ class ProgressLog(keras.callbacks.Callback):
         self.last_logged = 0
         # A resumed epoch runs only its remaining batches (Keras' params["steps"]).
         self.epoch_steps = self.params.get("steps") or self.steps_per_epoch
-        if self.bar:
-            self.progbar = keras.utils.Progbar(self.epoch_steps, unit_name="step")
+        self.progbar = None
 
     def seconds_left(self, step: int) -> float:
         """The whole run's remaining time at `step` of this epoch."""
@@ -123,7 +122,10 @@ class ProgressLog(keras.callbacks.Callback):
         step = batch + 1
         logs = logs or {}
         if self.bar:
-            self.progbar.update(step, [(k, v) for k, v in logs.items()])
+            if self.progbar is None:  # the logs are running means already: shown as they are
+                self.progbar = keras.utils.Progbar(self.epoch_steps, unit_name="step",
+                                                   stateful_metrics=list(logs))
+            self.progbar.update(step, list(logs.items()))
         if step - self.last_logged < self.every_n_steps and step != self.epoch_steps:
             return
         self.last_logged = step
