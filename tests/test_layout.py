@@ -167,3 +167,20 @@ def test_an_old_preset_and_pretrainer_still_load(old_runs):
     pretrainer = load_keras_file(old_runs / "pretrain" / "export" / "model.keras")
     assert isinstance(pretrainer, AlbertPretrainer)
     assert type(pretrainer.optimizer.learning_rate).__name__ != "float"
+
+
+def test_an_old_interrupted_run_resumes_with_its_callbacks_renamed(old_runs):
+    from app.config.instantiate import check_config
+    from app.training.resume import resumed_config
+
+    run = old_runs / "finetune"
+    (run / "status.json").write_text('{"status": "preempted", "step": 1}')
+    state = run / "checkpoints" / "state" / "step-000000001"
+    state.mkdir(parents=True)
+    (state / "meta.json").write_text('{"step": 1}')
+    saved = (run / ".hydra" / "config.yaml").read_text()
+    assert "app.checkpoints.AtomicModelCheckpoint" in saved  # as version 0.1 wrote it
+    cfg = resumed_config(str(run))
+    targets = {node._target_ for node in cfg.callbacks.values()}
+    assert targets == {"app.training.checkpoints.AtomicModelCheckpoint"}
+    check_config(cfg)  # every target resolves under the new layout
