@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -130,3 +132,45 @@ def test_tokenizer_without_mask_piece_fails_before_training(corpus_dir, tmp_path
     with pytest.raises(ConfigError, match=r"lacks ALBERT's special pieces \['\[MASK\]'\]"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+PRETRAINING_RELOAD = """
+import json, sys
+import numpy as np, torch, transformers
+sample = json.loads(sys.stdin.read())
+tokenizer = transformers.AlbertTokenizer.from_pretrained(sys.argv[1])
+model = transformers.AlbertForPreTraining.from_pretrained(sys.argv[1]).eval()
+inputs = tokenizer(*sample["texts"], padding=True, return_tensors="pt")
+assert inputs["input_ids"].tolist() == sample["token_ids"], "token ids differ"
+with torch.no_grad():
+    out = model(**inputs)
+positions = np.array(sample["positions"])[..., None]
+mlm = np.take_along_axis(out.prediction_logits.numpy(), positions, axis=1)
+print(json.dumps({"mlm": float(np.abs(mlm - np.array(sample["mlm"])).max()),
+                  "sop": float(np.abs(out.sop_logits.numpy() - np.array(sample["sop"])).max())}))
+"""
+
+
+def test_export_hf_reloads_as_albert_for_pretraining_with_both_heads(pretrained):
+    pytest.importorskip("transformers", reason="the `interop` extra is not installed")
+    _, run_dir = pretrained
+    pretrainer = keras.saving.load_model(run_dir / "export" / "model.keras", compile=False)
+    texts = (["the first one .", "another"], ["its pair .", "b"])
+    preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
+        keras_hub.models.AlbertTokenizer.from_preset(str(run_dir / "export" / "preset")),
+        sequence_length=32)
+    inputs = {k: np.asarray(v) for k, v in preprocessor(x=texts).items()}
+    length = int(inputs["padding_mask"].sum(axis=1).max())
+    inputs = {k: v[:, :length] for k, v in inputs.items()}
+    positions = np.array([[1, 2, 3], [1, 2, 4]])
+    outputs = pretrainer({**inputs, "mask_positions": positions})
+    sample = {"texts": texts, "token_ids": inputs["token_ids"].tolist(),
+              "positions": positions.tolist(), "mlm": np.asarray(outputs["mlm"]).tolist(),
+              "sop": np.asarray(outputs["sop"]).tolist()}
+    result = subprocess.run([sys.executable, "-c", PRETRAINING_RELOAD,
+                             str(run_dir / "export" / "hf")], input=json.dumps(sample),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    differences = json.loads(result.stdout.strip().splitlines()[-1])
+    print("pretraining export/hf vs app: max abs diff", differences)
+    assert differences["mlm"] < 1e-4 and differences["sop"] < 1e-5

@@ -57,9 +57,10 @@ def _check_file(key: str, path: Path) -> None:
 
 def _validate_model(model: DictConfig, sequence_length: int) -> None:
     if model.preset is not None:
+        remote = "://" in model.preset  # hf://org/name, kaggle://owner/model/...
         looks_like_path = any(sep in model.preset for sep in ("/", "\\")) or model.preset[0] == "."
         _check(
-            not looks_like_path or Path(model.preset).is_dir(),
+            remote or not looks_like_path or Path(model.preset).is_dir(),
             f"`model.preset` looks like a local preset folder, but it does not exist. "
             f"Received: '{model.preset}'",
         )

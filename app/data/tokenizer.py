@@ -1,7 +1,9 @@
 """Train or load a SentencePiece model with ALBERT's special pieces.
 
 keras_hub.tokenizers.compute_sentence_piece_proto cannot emit ALBERT's special pieces, so training
-goes through sentencepiece.SentencePieceTrainer directly.
+goes through sentencepiece.SentencePieceTrainer directly. keras-hub's AlbertTokenizer applies only
+the model's own normalizer; AlbertTextTokenizer adds the text normalization transformers'
+AlbertTokenizer applies first (`do_lower_case`, `keep_accents`, whitespace splitting).
 """
 
 import logging
@@ -9,8 +11,11 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+import keras
 import keras_hub
 import sentencepiece
+import tensorflow as tf
+import tensorflow_text
 from sentencepiece import sentencepiece_model_pb2
 
 from app.data.pretraining.corpus import expand_files, read_lines, split_sentences
@@ -22,6 +27,13 @@ log = logging.getLogger(__name__)
 CONTROL_PIECES = ("[CLS]", "[SEP]", "[MASK]")
 SPECIAL_PIECES = ("<pad>", "<unk>") + CONTROL_PIECES
 PROGRESS_EVERY = 100_000  # sentences read between progress lines
+NORMALIZATION = ("lowercase", "strip_accents", "remove_space")
+# Rust's char::is_whitespace, where tokenizers' WhitespaceSplit splits.
+WHITESPACE = ("\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+              + "\u2028\u2029\u202f\u205f\u3000")
+# tokenizers' StripAccents removes the marks (Mn, Mc, Me) of Unicode 9.0, whose tables it
+# carries: U+1CF2-1CF3 were marks then; marks assigned since (ICU knows them) it keeps.
+MARKS = r"[\p{M}\x{1CF2}\x{1CF3}]"
 
 
 class SentenceFeed:
@@ -120,8 +132,88 @@ def _forget_training_path(proto: Path) -> None:
     proto.write_bytes(model.SerializeToString())
 
 
-def load_tokenizer(proto: str | Path) -> keras_hub.models.AlbertTokenizer:
-    """Load a SentencePiece model as an AlbertTokenizer, checking ALBERT's special pieces."""
+def _lowercase(text: tf.Tensor) -> tf.Tensor:
+    """Lower-case each character alone, as tokenizers' Lowercase (Rust's char::to_lowercase) does.
+
+    tf.strings.lower on whole strings applies ICU's final-sigma rule ("ΟΔΟΣ" -> "οδος", not
+    "οδοσ") and drops everything after a NUL character, so it gets one character at a time.
+    """
+    chars = tf.strings.unicode_split(text, "UTF-8")
+    lowered = tf.ragged.map_flat_values(
+        lambda c: tf.where(c == "\x00", c, tf.strings.lower(c, encoding="utf-8")), chars)
+    return tf.strings.reduce_join(lowered, axis=-1)
+
+
+def _kept_space(proto: bytes | None) -> str:
+    """The whitespace characters the model's normalizer keeps (nmt_nfkc drops U+000B).
+
+    transformers splits on whitespace after that normalizer: the dropped ones are left to it (a
+    space in their place could join, or split, what is around them differently).
+    """
+    if proto is None:
+        return WHITESPACE
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    return "".join(c for c in WHITESPACE
+                   if processor.normalize(f"a{c}b") != processor.normalize("ab"))
+
+
+@keras.saving.register_keras_serializable(package="app")
+class AlbertTextTokenizer(keras_hub.models.AlbertTokenizer):
+    """An AlbertTokenizer that normalizes text first, as transformers' AlbertTokenizer does.
+
+    The steps, in transformers' order and with TensorFlow ops only (tf.data, SavedModel): "``"
+    and "''" become '"'; `strip_accents`: NFKD, then combining marks removed; `lowercase`, one
+    character at a time; `remove_space`: runs of Unicode whitespace become one space, ends
+    stripped. transformers always splits on whitespace (whatever its `remove_space`); without
+    `remove_space` whitespace is left to the SentencePiece normalizer, which agrees where it
+    makes the whitespace a space or drops it (nmt_nfkc: all but U+0085).
+
+    Args:
+        proto: the SentencePiece model (path or bytes).
+        lowercase: lower-case (transformers' `do_lower_case`).
+        strip_accents: remove accents (transformers' `keep_accents=False`).
+        remove_space: collapse and strip whitespace (transformers' `remove_space`).
+    """
+
+    def __init__(self, proto, lowercase: bool = False, strip_accents: bool = False,
+                 remove_space: bool = False, **kwargs):
+        super().__init__(proto=proto, **kwargs)
+        self.lowercase = lowercase
+        self.strip_accents = strip_accents
+        self.remove_space = remove_space
+
+    def set_proto(self, proto):
+        super().set_proto(proto)
+        self.space = _kept_space(self.proto)
+
+    def normalize(self, inputs) -> tf.Tensor:
+        """The text (strings or a string tensor) as transformers normalizes it."""
+        with tf.device("cpu"):
+            text = tf.convert_to_tensor(inputs, dtype=tf.string)
+            text = tf.strings.regex_replace(tf.strings.regex_replace(text, "``", '"'), "''", '"')
+            if self.strip_accents:
+                text = tf.strings.regex_replace(
+                    tensorflow_text.normalize_utf8(text, "NFKD"), MARKS, "")
+            if self.lowercase:
+                text = _lowercase(text)
+            if self.remove_space:
+                text = tf.strings.strip(tf.strings.regex_replace(text, f"[{self.space}]+", " "))
+        return text
+
+    def tokenize(self, inputs):
+        return super().tokenize(self.normalize(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), **{name: getattr(self, name) for name in NORMALIZATION}}
+
+
+def load_tokenizer(proto: str | Path, lowercase: bool = False, strip_accents: bool = False,
+                   remove_space: bool = False) -> keras_hub.models.AlbertTokenizer:
+    """Load a SentencePiece model as an AlbertTokenizer, checking ALBERT's special pieces.
+
+    Returns keras-hub's own AlbertTokenizer when no normalization is asked for (so presets stay
+    loadable by keras-hub alone), else an AlbertTextTokenizer.
+    """
     processor = sentencepiece.SentencePieceProcessor(model_file=str(proto))
     missing = [p for p in SPECIAL_PIECES if processor.piece_to_id(p) == processor.unk_id()
                and p != "<unk>"]
@@ -130,7 +222,43 @@ def load_tokenizer(proto: str | Path) -> keras_hub.models.AlbertTokenizer:
             f"SentencePiece model '{proto}' lacks ALBERT's special pieces {missing}; "
             f"expected all of {list(SPECIAL_PIECES)}"
         )
+    if lowercase or strip_accents or remove_space:
+        return AlbertTextTokenizer(proto=str(proto), lowercase=lowercase,
+                                   strip_accents=strip_accents, remove_space=remove_space)
     return keras_hub.models.AlbertTokenizer(proto=str(proto))
+
+
+def normalization_from_transformers(tokenizer_config: dict) -> dict:
+    """AlbertTextTokenizer's normalization arguments for a transformers tokenizer_config.json."""
+    return {
+        "lowercase": bool(tokenizer_config.get("do_lower_case", True)),
+        "strip_accents": not tokenizer_config.get("keep_accents", False),
+        "remove_space": bool(tokenizer_config.get("remove_space", True)),
+    }
+
+
+def transformers_tokenizer_config(tokenizer: keras_hub.models.AlbertTokenizer,
+                                  model_max_length: int | None = None) -> dict:
+    """A transformers tokenizer_config.json for `tokenizer` (to sit next to its spiece.model).
+
+    A keras-hub AlbertTokenizer normalizes only in its SentencePiece model: it exports as
+    `do_lower_case=False, keep_accents=True, remove_space=False`.
+    """
+    flags = {name: getattr(tokenizer, name, False) for name in NORMALIZATION}
+    config = {
+        "tokenizer_class": "AlbertTokenizer",
+        "do_lower_case": flags["lowercase"],
+        "keep_accents": not flags["strip_accents"],
+        "remove_space": flags["remove_space"],
+        "cls_token": "[CLS]", "sep_token": "[SEP]", "bos_token": "[CLS]", "eos_token": "[SEP]",
+        "pad_token": "<pad>", "unk_token": "<unk>", "mask_token": "[MASK]",
+        # transformers 5's AlbertTokenizer leaves token_type_ids out by default, which would
+        # give a pair's second segment the first one's embedding.
+        "model_input_names": ["input_ids", "token_type_ids", "attention_mask"],
+    }
+    if model_max_length is not None:
+        config["model_max_length"] = model_max_length
+    return config
 
 
 def _sentences(files: list[Path], holdout_every: int, held_out: list[str], max_held_out: int):

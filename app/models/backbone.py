@@ -1,4 +1,4 @@
-"""The ALBERT backbone from config: random init from its shape, or a keras-hub preset."""
+"""The ALBERT backbone from config: random init from its shape, or a checkpoint (`model.preset`)."""
 
 import logging
 
@@ -7,25 +7,78 @@ from omegaconf import DictConfig, OmegaConf
 
 from app.config.instantiate import instantiate
 from app.errors import ConfigError
-from app.runtime.loading import load_backbone
+from app.runtime.console import command_line_keys
+from app.runtime.loading import load_backbone, load_heads
 
 log = logging.getLogger(__name__)
 
 # Keys of the `model` node that are not AlbertBackbone arguments.
 NON_BACKBONE_KEYS = ("preset", "classifier_dropout")
+# Keys that fix the shape of the weights: a preset's own values win, a differing one set on the
+# command line is an error.
+ARCHITECTURE_KEYS = ("num_layers", "num_heads", "num_groups", "num_inner_repetitions",
+                     "embedding_dim", "hidden_dim", "intermediate_dim")
 
 
 def build_backbone(model: DictConfig, vocabulary_size: int) -> keras_hub.models.AlbertBackbone:
-    """An AlbertBackbone: random init from the config's shape, or loaded from `model.preset`."""
-    if model.preset is not None:
-        log.info("Loading backbone weights from preset %s", model.preset)
-        backbone = load_backbone(model.preset)
-        if backbone.vocabulary_size != vocabulary_size:
+    """An AlbertBackbone: random init from the config's shape, or loaded from `model.preset`.
+
+    On a preset, `model.dropout` applies and `model.max_sequence_length` may shorten the
+    position table (never lengthen it); the preset's shape stays.
+    """
+    if model.preset is None:
+        args = {k: v for k, v in OmegaConf.to_container(model).items()
+                if k not in NON_BACKBONE_KEYS}
+        return instantiate(args, key="model", base=keras_hub.models.Backbone,
+                           vocabulary_size=vocabulary_size)
+    log.info("Loading backbone weights from preset %s", model.preset)
+    backbone = load_backbone(model.preset)
+    if backbone.vocabulary_size != vocabulary_size:
+        raise ConfigError(
+            f"`model.preset` {model.preset!r} has a vocabulary of {backbone.vocabulary_size}, "
+            f"but the tokenizer has {vocabulary_size}"
+        )
+    preset = backbone.get_config()
+    explicit = command_line_keys()
+    for key in (*ARCHITECTURE_KEYS, "max_sequence_length"):
+        fits = (model[key] <= preset[key] if key == "max_sequence_length"
+                else model[key] == preset[key])
+        if f"model.{key}" in explicit and not fits:
             raise ConfigError(
-                f"`model.preset` {model.preset!r} has a vocabulary of {backbone.vocabulary_size}, "
-                f"but the tokenizer has {vocabulary_size}"
-            )
+                f"`model.{key}` would change the architecture of `model.preset` "
+                f"{model.preset!r}: the preset has {key}={preset[key]}, received {model[key]}; "
+                f"drop the override (only dropout, classifier_dropout and a shorter "
+                f"max_sequence_length apply on top of a preset)")
+    return with_overrides(backbone, dropout=model.dropout,
+                          max_sequence_length=min(model.max_sequence_length,
+                                                  preset["max_sequence_length"]))
+
+
+def with_overrides(backbone: keras_hub.models.AlbertBackbone, **overrides):
+    """The backbone with other dropout or a shorter position table, weights kept."""
+    config = backbone.get_config()
+    changed = {k: v for k, v in overrides.items() if config[k] != v}
+    if not changed:
         return backbone
-    args = {k: v for k, v in OmegaConf.to_container(model).items() if k not in NON_BACKBONE_KEYS}
-    return instantiate(args, key="model", base=keras_hub.models.Backbone,
-                       vocabulary_size=vocabulary_size)
+    log.info("Preset overrides: %s", ", ".join(f"{k}={v}" for k, v in changed.items()))
+    rebuilt = keras_hub.models.AlbertBackbone.from_config({**config, **changed})
+    for old, new in zip(backbone.weights, rebuilt.weights, strict=True):
+        rows = new.shape[0] if new.shape else None
+        new.assign(old if old.shape == new.shape else old[:rows])
+    return rebuilt
+
+
+def load_preset_heads(task_model, model: DictConfig) -> None:
+    """Load the heads a transformers `model.preset` holds for `task_model` (same shapes)."""
+    if model.preset is not None:
+        loaded = load_heads(task_model, model.preset)
+        if loaded:
+            log.info("Loaded the heads %s from preset %s", loaded, model.preset)
+
+
+def check_sequence_length(backbone, sequence_length: int) -> None:
+    """A ConfigError when `data.sequence_length` exceeds the backbone's position table."""
+    if sequence_length > backbone.max_sequence_length:
+        raise ConfigError(
+            f"`data.sequence_length` must be <= the model's max_sequence_length "
+            f"({backbone.max_sequence_length}, from `model.preset`). Received: {sequence_length}")

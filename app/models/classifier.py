@@ -5,7 +5,7 @@ import keras_hub
 from omegaconf import DictConfig
 
 from app.data.task import TaskSpec
-from app.models.backbone import build_backbone
+from app.models.backbone import build_backbone, load_preset_heads
 
 
 def build_task_model(
@@ -14,14 +14,17 @@ def build_task_model(
     """An AlbertTextClassifier emitting logits, or one linear output for regression.
 
     Preprocessing runs in tf.data during fit (`preprocessor=None`); it is attached for export.
+    A transformers checkpoint's classifier head is kept when it has as many outputs.
     """
-    return keras_hub.models.AlbertTextClassifier(
+    classifier = keras_hub.models.AlbertTextClassifier(
         backbone=build_backbone(model, vocabulary_size),
         num_classes=task.num_outputs,
         preprocessor=None,
         activation=None,
         dropout=model.classifier_dropout,
     )
+    load_preset_heads(classifier, model)
+    return classifier
 
 
 def task_loss(task: TaskSpec) -> keras.losses.Loss:

@@ -1,4 +1,5 @@
-"""A finished run's exports: keras-hub preset, `.keras` and a SavedModel serving raw strings."""
+"""A finished run's exports: keras-hub preset, `.keras`, a SavedModel serving raw strings and
+the transformers format."""
 
 from pathlib import Path
 
@@ -7,10 +8,12 @@ import numpy as np
 from app.runs.layout import LABELS_FILE, RunLayout
 from app.runs.record import write_json
 from app.runs.serving import export_saved_model
+from app.runs.transformers_export import export_transformers
 
 
 def export_run(model, preprocessor, run_dir: Path, label_names, sample_inputs) -> Path:
-    """Export the trained task with its preprocessor: keras-hub preset, `.keras`, SavedModel.
+    """Export the trained task with its preprocessor: keras-hub preset, `.keras`, SavedModel,
+    transformers (`export/hf`).
 
     The SavedModel's serving signature takes raw strings (see app.runs.serving). Also writes the
     label names beside the preset and the model's outputs on a few raw inputs
@@ -23,6 +26,8 @@ def export_run(model, preprocessor, run_dir: Path, label_names, sample_inputs) -
     write_json(layout.preset / LABELS_FILE, list(label_names))
     num_inputs = len(sample_inputs) if isinstance(sample_inputs, tuple) else 1
     export_saved_model(model, layout.saved_model, label_names, num_inputs)
+    export_transformers(model, preprocessor.tokenizer, layout.transformers,
+                        preprocessor.sequence_length, list(label_names))
     outputs = model.predict(sample_inputs, verbose=0)
     inputs = [np.asarray(x).tolist() for x in
               (sample_inputs if isinstance(sample_inputs, tuple) else (sample_inputs,))]

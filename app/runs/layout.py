@@ -4,9 +4,11 @@
         .hydra/config.yaml, overrides.yaml   the resolved config and the command-line overrides
         status.json env.json labels.json history.json metrics.json eval_<split>.json
         tokenizer/spm.model                  the SentencePiece model the run used
+        tokenizer/normalization.json         its text normalization, where it has one
         checkpoints/best.weights.h5 last.weights.h5 state/step-<N>/
         tensorboard/
         export/preset/ model.keras saved_model/ sample_predictions.json
+        export/hf/                           the transformers format (config.json, safetensors)
 
 Example:
     >>> RunLayout(Path("experiments/default/2026-01-01_12-00-00")).metrics
@@ -26,6 +28,7 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 TOKENIZER_DIR = "tokenizer"
 PROTO_FILE = "spm.model"
+NORMALIZATION_FILE = "normalization.json"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_DIR = "state"
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -35,6 +38,7 @@ PRESET_DIR = "preset"
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
 SAMPLE_PREDICTIONS_FILE = "sample_predictions.json"
+TRANSFORMERS_DIR = "hf"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class RunLayout:
     metrics = property(lambda self: self.root / METRICS_FILE)
     tokenizer_dir = property(lambda self: self.root / TOKENIZER_DIR)
     proto = property(lambda self: self.root / TOKENIZER_DIR / PROTO_FILE)
+    # The text normalization before SentencePiece (a transformers checkpoint's tokenizer).
+    normalization = property(lambda self: self.root / TOKENIZER_DIR / NORMALIZATION_FILE)
     checkpoints = property(lambda self: self.root / CHECKPOINTS_DIR)
     states = property(lambda self: self.root / CHECKPOINTS_DIR / STATE_DIR)  # step-<N>/ states
     tensorboard = property(lambda self: self.root / TENSORBOARD_DIR)
@@ -62,6 +68,7 @@ class RunLayout:
     model = property(lambda self: self.root / EXPORT_DIR / MODEL_FILE)
     saved_model = property(lambda self: self.root / EXPORT_DIR / SAVED_MODEL_DIR)
     sample_predictions = property(lambda self: self.root / EXPORT_DIR / SAMPLE_PREDICTIONS_FILE)
+    transformers = property(lambda self: self.root / EXPORT_DIR / TRANSFORMERS_DIR)
 
     def env(self, resumed_at: int | None = None) -> Path:
         """`env.json`, or `env-resume-<step>.json` for a resume at global batch `resumed_at`."""

@@ -166,3 +166,11 @@ def sweep_policy(job: Callable[[], float]) -> float:
             # Not an AppError: `command` would turn that into an exit that ends the sweep.
             raise RuntimeError(f"{type(error).__name__}: {error}") from error
         return math.nan
+
+
+def command_line_keys() -> set[str]:
+    """The config keys set on this command's command line (none outside a Hydra command)."""
+    if not HydraConfig.initialized():
+        return set()
+    return {override.split("=", 1)[0].lstrip("+~")
+            for override in HydraConfig.get().overrides.task if "=" in override}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import keras_hub
+import numpy as np
 
 # Keras' safe mode falls short: a global `keras.config.enable_unsafe_deserialization()` wins over
 # `load_model(..., safe_mode=True)` (deserialize_keras_object prefers the global flag, measured
@@ -22,9 +23,15 @@ import keras_hub
 from keras.src.saving.serialization_lib import SafeModeScope
 from keras_hub.src.utils import preset_utils
 
+from app.data.tokenizer import load_tokenizer, normalization_from_transformers
 from app.errors import ConfigError, DataError
+from app.runtime import transformers_format
 
 WEIGHTS_SUFFIX = ".weights.h5"
+HF_SCHEME = "hf://"
+# What a download from the Hugging Face Hub may bring: configs, safetensors weights, the
+# SentencePiece model and keras-hub preset files; never a pickle (`pytorch_model.bin`).
+HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.weights.h5", "assets/**"]
 MAX_MESSAGE = 300
 
 
@@ -133,6 +140,67 @@ def _load_tokenizer(cls, preset: str):
     return tokenizer
 
 
-def load_backbone(preset: str) -> keras_hub.models.AlbertBackbone:
-    """An AlbertBackbone from `model.preset` (a local folder or a published name), safely."""
-    return load_preset(keras_hub.models.AlbertBackbone, preset)
+def local_preset(preset: str, key: str = "model.preset") -> str:
+    """`hf://org/name` downloaded (or found in the Hugging Face cache) as a local folder.
+
+    Only JSON, safetensors, SentencePiece and keras-hub preset files are fetched, never a pickle.
+    Anything else (a local folder, a keras-hub preset name, `kaggle://...`) is returned as it is.
+    """
+    if not preset.startswith(HF_SCHEME):
+        return preset
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(preset[len(HF_SCHEME):], allow_patterns=HF_PATTERNS)
+    except OSError as error:  # offline, unknown repository, HTTP errors
+        raise ConfigError(
+            f"`{key}` {preset!r} could not be downloaded ({type(error).__name__}); without "
+            f"network, download it where there is one (`hf download {preset[len(HF_SCHEME):]}`) "
+            f"and set `{key}` to that local folder"
+        ) from error
+
+
+def load_backbone(preset: str, key: str = "model.preset") -> keras_hub.models.AlbertBackbone:
+    """An AlbertBackbone from a keras-hub preset or a transformers ALBERT folder, safely."""
+    preset = local_preset(preset, key)
+    if not transformers_format.is_transformers_folder(preset):
+        return load_preset(keras_hub.models.AlbertBackbone, preset, key)
+    config = transformers_format.read_config(preset, key)
+    arrays = transformers_format.read_weights(preset, key)
+    backbone = keras_hub.models.AlbertBackbone(**transformers_format.backbone_args(config))
+    transformers_format.assign(
+        transformers_format.backbone_weights(backbone, transformers_format.backbone_prefix(arrays)),
+        arrays, preset)
+    return backbone
+
+
+def load_heads(model: keras.Model, preset: str, key: str = "model.preset") -> list[str]:
+    """Load the heads a transformers checkpoint holds for `model` (classifier, MLM, SOP).
+
+    A head whose tensors are absent, or of another shape (a classifier with other labels), keeps
+    its fresh initialization. Returns the names of the heads loaded.
+    """
+    preset = local_preset(preset, key)
+    if not transformers_format.is_transformers_folder(preset):
+        return []
+    arrays = transformers_format.read_weights(preset, key)
+    loaded = []
+    for head, weights in transformers_format.head_weights(model).items():
+        fits = all(w.key in arrays and arrays[w.key].size == np.prod(w.variable.shape)
+                   for w in weights)
+        if fits:
+            transformers_format.assign(weights, arrays, preset)
+            loaded.append(head)
+    return loaded
+
+
+def load_preset_tokenizer(preset: str, key: str = "model.preset"):
+    """The tokenizer of a keras-hub preset, or of a transformers folder with its normalization."""
+    preset = local_preset(preset, key)
+    if not transformers_format.is_transformers_folder(preset):
+        return load_preset(keras_hub.models.AlbertTokenizer, preset, key)
+    transformers_format.read_config(preset, key)
+    settings_file = Path(preset) / transformers_format.TOKENIZER_CONFIG_FILE
+    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    return load_tokenizer(Path(preset) / transformers_format.SPIECE_FILE,
+                          **normalization_from_transformers(settings))

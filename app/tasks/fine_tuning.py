@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from app.data.pipeline import build_dataset, epoch_stream, tokenized
 from app.data.task import load_task_data
+from app.models.backbone import check_sequence_length
 from app.models.classifier import build_task_model, task_loss, task_train_metrics
 from app.runs.export import export_run
 from app.runs.layout import RunLayout
@@ -65,6 +66,7 @@ class FineTuning:
         """The compiled classifier (or regressor); call under the strategy's scope."""
         cfg = self.cfg
         model = build_task_model(cfg.model, self.task, self.tokenizer.vocabulary_size())
+        check_sequence_length(model.backbone, cfg.data.sequence_length)
         model.compile(
             optimizer=build_optimizer(cfg.optimizer,
                                       self.data.steps_per_epoch * cfg.trainer.epochs,

@@ -15,11 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from app.data.readers import Table, read_table
 from app.data.task import text_columns
-from app.data.tokenizer import load_tokenizer
 from app.errors import ConfigError
 from app.models.classifier import build_task_model
 from app.runs.read import Run
 from app.runtime import loading
+from app.tasks.tokenizer import load_run_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _rebuild(run: Run, weights: Path) -> keras_hub.models.TextClassifier:
         raise ConfigError(f"run '{run.path}' has neither export/model.keras nor '{weights.name}'; "
                           f"expected a finished run")
     log.info("Rebuilding the model from %s", weights)
-    tokenizer = load_tokenizer(run.layout.proto)
+    tokenizer = load_run_tokenizer(run.layout.tokenizer_dir)
     model = build_task_model(run.config.model, run.task, tokenizer.vocabulary_size())
     model.preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
         tokenizer, sequence_length=run.config.data.sequence_length)

@@ -26,7 +26,7 @@ from app.data.pretraining.pipeline import (
 )
 from app.data.pretraining.sentence_order import order_and_mask
 from app.errors import DataError
-from app.models.backbone import build_backbone
+from app.models.backbone import build_backbone, check_sequence_length, load_preset_heads
 from app.models.pretrainer import (
     AlbertPretrainer,
     export_preset,
@@ -34,6 +34,7 @@ from app.models.pretrainer import (
     pretraining_metrics,
 )
 from app.runs.layout import RunLayout
+from app.runs.transformers_export import export_transformers
 from app.tasks.base import TrainingData
 from app.tasks.tokenizer import build_tokenizer
 from app.training.callbacks import CompiledEvaluation
@@ -120,6 +121,8 @@ class Pretraining:
         """The compiled AlbertPretrainer; call under the strategy's scope."""
         cfg = self.cfg
         model = AlbertPretrainer(build_backbone(cfg.model, self.tokenizer.vocabulary_size()))
+        load_preset_heads(model, cfg.model)
+        check_sequence_length(model.backbone, cfg.data.sequence_length)
         model.compile(
             optimizer=build_optimizer(cfg.optimizer,
                                       self.data.steps_per_epoch * cfg.trainer.epochs,
@@ -140,9 +143,12 @@ class Pretraining:
         return evaluation
 
     def export(self, model: keras.Model, layout: RunLayout) -> Path:
-        """An `AlbertMaskedLM` preset (with tokenizer) and the MLM+SOP model as `.keras`."""
+        """An `AlbertMaskedLM` preset (with tokenizer), the MLM+SOP model as `.keras` and as
+        transformers' `AlbertForPreTraining` (`export/hf`)."""
         with model.distribute_strategy.scope():  # the MaskedLM's new variables, as the model's
             export_preset(model, self.tokenizer, layout.preset, self.cfg.data.sequence_length,
                           self.masker.masked_lm_prob, self.masker.max_predictions)
         model.save(layout.model)
+        export_transformers(model, self.tokenizer, layout.transformers,
+                            self.cfg.data.sequence_length)
         return layout.export

@@ -1,0 +1,52 @@
+"""A run's model in the transformers format: `export/hf/`, loadable with `from_pretrained`.
+
+A text classifier becomes `AlbertForSequenceClassification` (labels from labels.json; one output
+is a regression), the pretraining model `AlbertForPreTraining` (masked-LM and sentence-order
+heads). Written with numpy and safetensors alone: exporting needs no torch.
+"""
+
+from pathlib import Path
+
+from app.data.tokenizer import transformers_tokenizer_config
+from app.runs.record import write_json
+from app.runtime import transformers_format as fmt
+
+
+def export_transformers(model, tokenizer, out_dir: Path, sequence_length: int,
+                        label_names: list[str] | None = None) -> Path:
+    """Write config.json, model.safetensors, spiece.model and tokenizer_config.json.
+
+    Args:
+        model: a keras-hub `AlbertTextClassifier` or the app's `AlbertPretrainer`.
+        tokenizer: the run's tokenizer (its SentencePiece model and normalization).
+        out_dir: the folder to write, e.g. a run's `export/hf`.
+        sequence_length: the longest input the run was trained on (`model_max_length`).
+        label_names: a classifier's label names, in output order.
+    """
+    heads = fmt.head_weights(model)
+    if "classifier" in heads:
+        config = _classifier_config(model, label_names)
+    else:
+        config = fmt.transformers_config(model.backbone, "AlbertForPreTraining")
+    weights = fmt.backbone_weights(model.backbone) + [w for h in heads.values() for w in h]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fmt.write_weights(weights, out_dir / fmt.WEIGHTS_FILE)
+    (out_dir / fmt.SPIECE_FILE).write_bytes(tokenizer.proto)
+    write_json(out_dir / fmt.TOKENIZER_CONFIG_FILE,
+               transformers_tokenizer_config(tokenizer, model_max_length=sequence_length))
+    write_json(out_dir / fmt.CONFIG_FILE, config)
+    return out_dir
+
+
+def _classifier_config(model, label_names: list[str] | None) -> dict:
+    """config.json of `AlbertForSequenceClassification`: labels, or a one-output regression."""
+    num_outputs = model.output_dense.units
+    extra = {"classifier_dropout_prob": model.dropout}
+    if num_outputs == 1:
+        extra |= {"problem_type": "regression", "num_labels": 1}
+    else:
+        names = list(label_names) if label_names else [f"LABEL_{i}" for i in range(num_outputs)]
+        extra |= {"problem_type": "single_label_classification",
+                  "id2label": dict(enumerate(names)),
+                  "label2id": {name: i for i, name in enumerate(names)}}
+    return fmt.transformers_config(model.backbone, "AlbertForSequenceClassification", **extra)
