@@ -28,8 +28,9 @@ from app.training.callbacks import (
     flat_hparams,
     instantiate_callbacks,
 )
-from app.training.checkpoints import StepCheckpoint
+from app.training.checkpoints import CallbackMemory, StepCheckpoint
 from app.training.fit import fit_with_recovery
+from app.training.optim import learning_rate_factor, set_learning_rate_factor
 from app.training.resume import restore_latest, resumed_config
 from app.training.session import start_session
 
@@ -56,7 +57,10 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
     with strategy.scope():
         log.info("Instantiating model <%s>", cfg.model.preset or cfg.model._target_)
         model = task.build_model()
-        first_step = restore_latest(layout.root, model) if cfg.resume else 0
+        state = restore_latest(layout.root, model) if cfg.resume else {"step": 0}
+    if state.get("learning_rate_factor", 1.0) != 1.0:
+        set_learning_rate_factor(model, state["learning_rate_factor"])
+    first_step = state["step"]
     evaluation = task.build_evaluation(model)
     write_json(layout.env(first_step if cfg.resume else None), capture_env(strategy, cfg.seed))
 
@@ -64,33 +68,49 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
     monitor = optimized_metric(cfg)
     runtime = {"monitor": monitor, "mode": "max" if cfg.direction == "maximize" else "min"}
     progress = ProgressLog(cfg.trainer.batch_size, data.steps_per_epoch, cfg.trainer.epochs,
-                           cfg.trainer.log_every_n_steps)
+                           cfg.trainer.log_every_n_steps,
+                           train_seconds=state.get("train_seconds", 0.0),
+                           steps_run=state.get("steps_trained", 0))
     epochs_log = EpochLog(layout.history)
-    checkpoint = StepCheckpoint(layout.states, cfg.trainer.checkpoint_every_n_steps,
-                                cfg.trainer.keep_checkpoints, first_step)
-    callbacks = [
+    configured = [
         evaluation,  # first: the callbacks below read its val_* entries
         *instantiate_callbacks(cfg.callbacks, layout.root, runtime),
         *instantiate_callbacks(cfg.logger, layout.root, runtime),
         HParamsSummary(layout.tensorboard, flat_hparams(cfg), evaluation),
         progress,
         epochs_log,
-        checkpoint,
     ]
+    memory = CallbackMemory(configured, state.get("callbacks"))
+
+    def state_meta() -> dict:
+        return {"callbacks": memory.taken,
+                "learning_rate_factor": learning_rate_factor(model.optimizer),
+                "train_seconds": progress.train_seconds, "steps_trained": progress.steps_run}
+
+    checkpoint = StepCheckpoint(layout.states, cfg.trainer.checkpoint_every_n_steps,
+                                cfg.trainer.checkpoint_every_minutes,
+                                cfg.trainer.keep_checkpoints, first_step, data.steps_per_epoch,
+                                meta=state_meta)
     log.info("Training %d epochs of %d steps from step %d", cfg.trainer.epochs,
              data.steps_per_epoch, first_step)
     fit_with_recovery(model, data.batches, first_step, data.steps_per_epoch,
-                      cfg.trainer.epochs, callbacks, checkpoint, cfg.trainer)
+                      cfg.trainer.epochs, [*configured, memory, checkpoint], checkpoint,
+                      memory, cfg.trainer)
 
     # === Export and metrics.json ===
     log.info("Exporting to %s", task.export(model, layout))
-    final = evaluation.latest
+    history = epochs_log.history()
+    # From history.json: a resume after the last epoch (killed during the export) trains and
+    # evaluates nothing more, and reports what that epoch measured.
+    final = {name: values[-1] for name, values in history.items() if name.startswith("val_")}
     metrics = {
-        "history": epochs_log.history(),
+        "history": history,
         "final": final,
         "optimized_metric": {"name": monitor, "value": final[monitor], "direction": cfg.direction},
-        "train_examples_per_second":
-            data.num_train * progress.steps_run / data.steps_per_epoch / progress.train_seconds,
+        # Training batches only (no evaluation, no checkpoint saves), over every process.
+        "train_examples_per_second": (
+            data.num_train / data.steps_per_epoch * progress.steps_run / progress.train_seconds
+            if progress.train_seconds else None),
         "wall_seconds": time.perf_counter() - started,
         **task.extra_metrics,
     }
@@ -126,8 +146,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     write_status(run_dir, "completed")
     final = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics["final"].items()))
-    log.info("Completed in %.1fs at %.1f examples/s: %s", metrics["wall_seconds"],
-             metrics["train_examples_per_second"], final)
+    speed = metrics["train_examples_per_second"]
+    log.info("Completed in %.1fs at %s examples/s: %s", metrics["wall_seconds"],
+             "?" if speed is None else f"{speed:.1f}", final)
     log.info("Run folder: %s", run_dir)
     return metrics
 

@@ -154,6 +154,9 @@ def test_nonfinite_loss_rolls_back_with_a_lower_learning_rate(tmp_path, long_dat
     assert "rolled back to step" in output
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert all(np.isfinite(metrics["history"]["val_loss"]))
+    # The reduced rate is part of every later state, so a resume keeps it.
+    last = run_dir / f"checkpoints/state/step-{saved_steps(run_dir)[-1]:09d}/meta.json"
+    assert json.loads(last.read_text())["learning_rate_factor"] == pytest.approx(1e-15)
 
 
 def test_resume_of_a_completed_run_is_refused_and_changes_nothing(reference):
@@ -163,3 +166,54 @@ def test_resume_of_a_completed_run_is_refused_and_changes_nothing(reference):
     after = {p: p.read_bytes() for p in reference.rglob("*") if p.is_file()
              if ".hydra/resume-" not in str(p) and p.name != "train.log"}
     assert after == {p: b for p, b in before.items() if p.name != "train.log"}
+
+
+def wait_for(process: subprocess.Popen, ready) -> None:
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["middle_evaluation", "final_evaluation", "export"])
+def test_sigkill_at_an_epoch_end_or_export_then_resume_completes_the_same(
+        tmp_path, long_data, reference, moment):
+    """Killed while an epoch is evaluated (its state is saved only after that) or while the
+    run exports: the resume finishes what is missing and ends as an uninterrupted run."""
+    run_dir = tmp_path / "run"
+    every = "trainer.checkpoint_every_n_steps=5"  # divides the epoch: 25 batches
+    process = start(*overrides(long_data, run_dir), every)
+    history = run_dir / "history.json"
+    ready = {
+        "middle_evaluation": lambda: 20 in saved_steps(run_dir),
+        "final_evaluation": lambda: 45 in saved_steps(run_dir),
+        "export": lambda: (run_dir / "export" / "preset" / "config.json").is_file(),
+    }[moment]
+    wait_for(process, ready)
+    if moment != "export":  # into the epoch's last batches and its evaluation
+        time.sleep(0.3)
+    process.kill()
+    process.wait()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    if moment == "middle_evaluation" and history.is_file():
+        # Whatever the kill interrupted, no epoch-end state exists without its history entry.
+        assert 25 not in saved_steps(run_dir) or "0" in json.loads(history.read_text())
+    finish(start(f"resume={run_dir}"))
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
+    assert_same_outcome(run_dir, reference)
+    assert json.loads(history.read_text()).keys() == {"0", "1"}
+
+
+@pytest.mark.slow
+def test_with_the_default_checkpoints_a_sigkill_leaves_a_resumable_run(tmp_path, long_data,
+                                                                        reference):
+    run_dir = tmp_path / "run"
+    args = [a for a in overrides(long_data, run_dir) if "checkpoint_every_n_steps" not in a]
+    process = start(*args)
+    wait_for(process, lambda: STEPS_PER_EPOCH in saved_steps(run_dir))
+    process.kill()
+    process.wait()
+    finish(start(f"resume={run_dir}"))
+    assert_same_outcome(run_dir, reference)

@@ -1,5 +1,6 @@
 """Units of app.training: task metrics, the warmup + linear-decay schedule, weight decay."""
 
+import json
 import math
 
 import keras
@@ -13,7 +14,13 @@ from sklearn import metrics as skm
 from app.data.task import TaskSpec
 from app.models.classifier import build_task_model
 from app.training.metrics import evaluate_predictions
-from app.training.optim import WarmupLinearDecay, build_optimizer
+from app.training.checkpoints import AtomicModelCheckpoint, CallbackMemory
+from app.training.optim import (
+    WarmupLinearDecay,
+    build_optimizer,
+    learning_rate_factor,
+    set_learning_rate_factor,
+)
 
 BINARY = TaskSpec("classification", ("negative", "positive"))
 THREE = TaskSpec("classification", ("bird", "cat", "dog"))
@@ -186,10 +193,11 @@ def test_schedule_counts_updates_under_gradient_accumulation():
 
 
 def test_schedule_config_round_trip():
-    schedule = WarmupLinearDecay(peak=3e-4, warmup_steps=7, total_steps=70, batches_per_update=2)
+    schedule = WarmupLinearDecay(peak=3e-4, warmup_steps=7, total_steps=70, batches_per_update=2,
+                                 factor=0.5)
     config = schedule.get_config()
     assert config == {"peak": 3e-4, "warmup_steps": 7, "total_steps": 70,
-                      "batches_per_update": 2}
+                      "batches_per_update": 2, "factor": 0.5}
     copies = [
         WarmupLinearDecay.from_config(config),
         keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule)),
@@ -215,7 +223,7 @@ def test_build_optimizer_schedules_the_whole_run_in_updates():
     schedule = keras.saving.deserialize_keras_object(optimizer.get_config()["learning_rate"])
     assert isinstance(schedule, WarmupLinearDecay)
     assert schedule.get_config() == {"peak": 4e-3, "warmup_steps": 25, "total_steps": 100,
-                                     "batches_per_update": 4}
+                                     "batches_per_update": 4, "factor": 1.0}
     assert optimizer.weight_decay == pytest.approx(0.01)
     restored = keras.optimizers.AdamW.from_config(optimizer.get_config())
     assert restored.get_config() == optimizer.get_config()
@@ -302,3 +310,65 @@ def test_adam_without_weight_decay_leaves_weights_alone_on_zero_gradients(tiny_c
     optimizer.apply_gradients(zip(zeros, model.trainable_variables, strict=True))
     after = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+# === Rollback's learning-rate factor, callbacks' memory ===
+
+
+def small_model(precision: str, optimizer) -> keras.Model:
+    keras.config.set_dtype_policy(precision)
+    try:
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+        model.compile(optimizer=optimizer, loss="mse")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return model
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_learning_rate_factor_scales_the_schedule_in_every_precision(precision):
+    cfg = optimizer_config("adamw", "optimizer.learning_rate=0.1", "optimizer.warmup_ratio=0.0")
+    model = small_model(precision, build_optimizer(cfg, total_batches=10))
+    model.optimizer.build(model.trainable_variables)
+    before = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    set_learning_rate_factor(model, 0.25)
+    assert learning_rate_factor(model.optimizer) == 0.25
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == \
+        pytest.approx(0.25 * before)
+    model.fit(np.ones((8, 4)), np.ones((8, 1)), epochs=1, verbose=0)  # the retraced step runs
+
+
+class ScriptedValidation(keras.callbacks.Callback):
+    """Puts the next of `scores` into the epoch's logs as `val_score`."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = iter(scores)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_score"] = next(self.scores)
+
+
+def test_best_checkpoint_and_patience_survive_a_new_fit(tmp_path):
+    """A resume or a rollback starts a new `fit`: the best score and patience carry over."""
+    model = small_model("float32", "sgd")
+    data = (np.ones((8, 4)), np.ones((8, 1)))
+    best = AtomicModelCheckpoint(str(tmp_path / "best.weights.h5"), monitor="val_score",
+                                 mode="max", save_best_only=True, save_weights_only=True)
+    stopping = keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=2)
+    scripted = ScriptedValidation([0.9, 0.5, 0.4, 0.3])
+    callbacks = [scripted, best, stopping]
+    memory = CallbackMemory(callbacks)
+    model.fit(*data, epochs=1, callbacks=[*callbacks, memory], verbose=0)
+    saved = (tmp_path / "best.weights.h5").read_bytes()
+    # As after a resume: fresh callbacks, memory from the saved state.
+    best = AtomicModelCheckpoint(str(tmp_path / "best.weights.h5"), monitor="val_score",
+                                 mode="max", save_best_only=True, save_weights_only=True)
+    stopping = keras.callbacks.EarlyStopping(monitor="val_score", mode="max", patience=2)
+    callbacks = [scripted, best, stopping]
+    restored = CallbackMemory(callbacks, json.loads(json.dumps(memory.taken)))
+    history = model.fit(*data, initial_epoch=1, epochs=4, callbacks=[*callbacks, restored],
+                        verbose=0)
+    assert (tmp_path / "best.weights.h5").read_bytes() == saved  # 0.5 and 0.4 < 0.9
+    assert len(history.history["loss"]) == 2  # patience 2 counted from epoch 0's best
+    assert restored.taken["1:AtomicModelCheckpoint"]["best"] == 0.9

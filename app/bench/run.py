@@ -132,7 +132,8 @@ def run_bench(cfg: DictConfig) -> dict:
         ProgressLog(cfg.trainer.batch_size, data.steps_per_epoch, cfg.trainer.epochs,
                     cfg.trainer.log_every_n_steps, bar=False),
         StepCheckpoint(run.states, cfg.trainer.checkpoint_every_n_steps,
-                       cfg.trainer.keep_checkpoints, 0),
+                       cfg.trainer.checkpoint_every_minutes, cfg.trainer.keep_checkpoints, 0,
+                       data.steps_per_epoch),
     ]
     log.info("Timing the app's fit (%s)", type(model).__name__)
     # The warm-up fit starts right after the build, as in albert-train: it measures start-up.

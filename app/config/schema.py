@@ -98,6 +98,7 @@ class TrainerConfig:
     precision: str = "float32"
     gradient_accumulation_steps: int = 1
     checkpoint_every_n_steps: int | None = None
+    checkpoint_every_minutes: float | None = 5.0
     keep_checkpoints: int = 2
     on_nonfinite_loss: str = "fail"
     rollback_lr_factor: float = 0.5

@@ -157,6 +157,9 @@ def _validate_trainer(trainer: DictConfig) -> None:
     _check_one_of("trainer.precision", trainer.precision, PRECISIONS)
     _check_at_least("trainer.gradient_accumulation_steps", trainer.gradient_accumulation_steps, 1)
     _check_at_least("trainer.checkpoint_every_n_steps", trainer.checkpoint_every_n_steps, 1)
+    _check(trainer.checkpoint_every_minutes is None or trainer.checkpoint_every_minutes > 0,
+           f"`trainer.checkpoint_every_minutes` must be > 0 or null. "
+           f"Received: {trainer.checkpoint_every_minutes}")
     _check_at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
     _check_one_of("trainer.on_nonfinite_loss", trainer.on_nonfinite_loss, ("fail", "rollback"))
     _check(

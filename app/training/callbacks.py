@@ -82,7 +82,8 @@ class ProgressLog(keras.callbacks.Callback):
 
     Log lines (every `every_n_steps` steps and per epoch) carry the loss and the other training
     metrics (running means over the epoch), learning rate, examples/s and the time left for the
-    whole run, estimated from the steps this process has trained.
+    whole run. `train_seconds` and `steps_run` count training batches only (evaluation and
+    checkpoint saves between them left out), across the processes of a resumed run.
 
     Args:
         batch_size: the global batch size.
@@ -90,36 +91,45 @@ class ProgressLog(keras.callbacks.Callback):
         epochs: epochs of the whole run.
         every_n_steps: steps between log lines.
         bar: show a Keras progress bar (default: when stderr is a terminal).
+        train_seconds: training time of earlier processes of this run.
+        steps_run: batches trained by earlier processes of this run.
     """
 
     def __init__(self, batch_size: int, steps_per_epoch: int, epochs: int, every_n_steps: int,
-                 bar: bool | None = None):
+                 bar: bool | None = None, train_seconds: float = 0.0, steps_run: int = 0):
         super().__init__()
         self.batch_size = batch_size
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
         self.every_n_steps = every_n_steps
         self.bar = sys.stderr.isatty() if bar is None else bar
-        self.train_seconds = 0.0
-        self.steps_run = 0
+        self.train_seconds = train_seconds
+        self.steps_run = steps_run
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
         self.epoch_start = time.perf_counter()
-        self.last_logged = 0
+        self.epoch_seconds = 0.0
+        self.last_logged = self.last_step = 0
         # A resumed epoch runs only its remaining batches (Keras' params["steps"]).
         self.epoch_steps = self.params.get("steps") or self.steps_per_epoch
         self.progbar = None
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batch_start = time.perf_counter()
+
     def seconds_left(self, step: int) -> float:
         """The whole run's remaining time at `step` of this epoch."""
-        done = self.steps_run + step
-        elapsed = self.train_seconds + time.perf_counter() - self.epoch_start
         left = self.epoch_steps - step + (self.epochs - self.epoch - 1) * self.steps_per_epoch
-        return elapsed / max(done, 1) * left
+        return self.train_seconds / max(self.steps_run, 1) * left
 
     def on_train_batch_end(self, batch, logs=None):
         step = batch + 1
+        seconds = time.perf_counter() - self.batch_start
+        self.train_seconds += seconds
+        self.epoch_seconds += seconds
+        self.steps_run += step - self.last_step
+        self.last_step = step
         logs = logs or {}
         if self.bar:
             if self.progbar is None:  # the logs are running means already: shown as they are
@@ -131,21 +141,18 @@ class ProgressLog(keras.callbacks.Callback):
         self.last_logged = step
         if self.bar:
             return
-        elapsed = time.perf_counter() - self.epoch_start
         learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if k != "loss")
         log.info(
             "epoch %d/%d step %d/%d loss %.4f %s lr %.3g %.1f examples/s, %s left",
             self.epoch + 1, self.epochs, step, self.epoch_steps, logs.get("loss", 0.0),
-            metrics, learning_rate, step * self.batch_size / max(elapsed, 1e-9),
+            metrics, learning_rate, step * self.batch_size / max(self.epoch_seconds, 1e-9),
             format_duration(self.seconds_left(step)),
         )
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.epoch_start
         left = format_duration(self.seconds_left(self.epoch_steps))
-        self.train_seconds += seconds
-        self.steps_run += self.epoch_steps
         summary = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
                            if k.startswith("val_"))
         log.info("epoch %d/%d done in %.1fs (%s left): %s", epoch + 1, self.epochs, seconds,

@@ -1,4 +1,5 @@
-"""Checkpoint callbacks: whole training states every N steps, and atomic weight files.
+"""Checkpoint callbacks: whole training states (by steps, time and epoch), atomic weight files,
+and the memory of Keras' stateful callbacks across resumes.
 
 Keras writes `.weights.h5` / `.keras` files in place, so a reader (TensorBoard, a resume, a copy
 job) can see half a file, and a crash or a full disk mid-write destroys the previous checkpoint.
@@ -6,11 +7,12 @@ job) can see half a file, and a crash or a full disk mid-write destroys the prev
 
 import math
 import os
+import time
 from pathlib import Path
 
 import keras
 
-from app.training.resume import all_states, save_state
+from app.training.resume import all_states, nonfinite_weights, save_state
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -44,28 +46,52 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
             os.replace(self._temporary_path(), self._final_path)
 
 
+class Diverged(Exception):
+    """A non-finite loss or weights at global batch `step` (raised inside `fit`, so that no
+    epoch-end callback records the diverged model)."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"{what} not finite at step {step}")
+        self.step = step
+
+
 class StepCheckpoint(keras.callbacks.Callback):
-    """Saves the state every `every_n_steps` batches, at the end, and when asked to stop.
+    """Saves the training state: every `every_n_steps` batches or `every_minutes`, at each
+    epoch end (after the epoch's evaluation and checkpoints: it comes last), and when asked
+    to stop.
 
     A SIGTERM or SIGINT (see `stop_on_signals`) makes it save at the next batch end and stop
-    training; `preempted` then tells the caller to exit with PREEMPTED_EXIT_CODE.
+    training; `preempted` then tells the caller to exit with PREEMPTED_EXIT_CODE. A non-finite
+    loss, or weights found non-finite before a save, raise Diverged: no such state is saved.
+
+    Args:
+        state_dir: the run's `checkpoints/state`.
+        every_n_steps: batches between saves (None: by time and epoch only).
+        every_minutes: minutes between saves (None: by steps and epoch only).
+        keep: newest states kept.
+        first_step: the global batch this process starts at.
+        steps_per_epoch: batches per epoch.
+        meta: returns the JSON the state carries besides the variables (see save_state).
     """
 
-    def __init__(self, state_dir: Path, every_n_steps: int | None, keep: int, first_step: int):
+    def __init__(self, state_dir: Path, every_n_steps: int | None, every_minutes: float | None,
+                 keep: int, first_step: int, steps_per_epoch: int, meta=dict):
         super().__init__()
         self.state_dir = state_dir
         self.every_n_steps = every_n_steps
+        self.every_seconds = every_minutes * 60 if every_minutes else None
         self.keep = keep
-        self.step = first_step
-        self.saved_step = first_step
+        self.steps_per_epoch = steps_per_epoch
+        self.meta = meta
         self.stop_requested = False
         self.preempted = False
-        self.diverged_at: int | None = None
+        self.save_seconds: list[float] = []
+        self.reset(first_step)
 
     def reset(self, step: int) -> None:
         """Continue counting from a restored state."""
         self.step = self.saved_step = step
-        self.diverged_at = None
+        self.saved_at = time.monotonic()
 
     def on_train_begin(self, logs=None):
         # A state at the very start, so there is always a last good state to roll back to.
@@ -80,20 +106,73 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.step = self.epoch_start + batch + 1
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
-            self.diverged_at = self.step
-            self.model.stop_training = True
-            return
-        due = self.every_n_steps and self.step - self.saved_step >= self.every_n_steps
-        if due or self.stop_requested:
+            raise Diverged(self.step, "the training loss")
+        if self.step % self.steps_per_epoch == 0:
+            return  # the epoch's end: saved after its evaluation, in on_epoch_end
+        by_steps = self.every_n_steps and self.step - self.saved_step >= self.every_n_steps
+        by_time = self.every_seconds and time.monotonic() - self.saved_at >= self.every_seconds
+        if by_steps or by_time or self.stop_requested:
             self._save()
         if self.stop_requested:
             self.preempted = True
             self.model.stop_training = True
 
-    def on_train_end(self, logs=None):
-        if self.step != self.saved_step and self.diverged_at is None:
+    def on_epoch_end(self, epoch, logs=None):
+        if self.step % self.steps_per_epoch == 0:  # not a bench's timing window
             self._save()
+        if self.stop_requested:
+            self.preempted = True
+            self.model.stop_training = True
 
     def _save(self):
-        save_state(self.state_dir, self.model, self.step, self.keep)
-        self.saved_step = self.step
+        started = time.perf_counter()
+        if nonfinite_weights(self.model):
+            raise Diverged(self.step, f"the weights {nonfinite_weights(self.model)[:3]}")
+        save_state(self.state_dir, self.model, self.step, self.keep, self.meta())
+        self.saved_step, self.saved_at = self.step, time.monotonic()
+        self.save_seconds.append(time.perf_counter() - started)
+
+
+# What Keras' stateful callbacks remember between epochs, and reset in on_train_begin.
+REMEMBERED = (
+    (keras.callbacks.EarlyStopping, ("wait", "best", "best_epoch", "stopped_epoch")),
+    (keras.callbacks.ModelCheckpoint, ("best",)),
+)
+
+
+class CallbackMemory(keras.callbacks.Callback):
+    """Keeps what ModelCheckpoint and EarlyStopping remember (best value, patience) across
+    `fit` calls, resumes and rollbacks: taken at each epoch end, put back at each train begin.
+
+    Place it after those callbacks (their on_train_begin resets, their on_epoch_end updates).
+
+    Args:
+        callbacks: the run's callbacks.
+        saved: memory from a saved state (see `taken`).
+    """
+
+    def __init__(self, callbacks: list, saved: dict | None = None):
+        super().__init__()
+        self.callbacks = callbacks
+        self.taken = saved or {}
+
+    def _remembering(self):
+        for index, callback in enumerate(self.callbacks):
+            for cls, names in REMEMBERED:
+                if isinstance(callback, cls):
+                    yield f"{index}:{type(callback).__name__}", callback, names
+                    break
+
+    def on_train_begin(self, logs=None):
+        for key, callback, _ in self._remembering():
+            for name, value in self.taken.get(key, {}).items():
+                setattr(callback, name, value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.taken = {key: {name: _plain(getattr(callback, name)) for name in names}
+                      for key, callback, names in self._remembering()}
+
+
+def _plain(value):
+    """A JSON value for a callback's remembered number (a numpy scalar becomes Python's)."""
+    return value.item() if hasattr(value, "item") else value

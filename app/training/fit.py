@@ -8,7 +8,8 @@ import keras
 from omegaconf import DictConfig
 
 from app.errors import AppError, Preempted
-from app.training.checkpoints import StepCheckpoint
+from app.training.checkpoints import CallbackMemory, Diverged, StepCheckpoint
+from app.training.optim import set_learning_rate_factor
 from app.training.resume import all_states, restore_state
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,6 @@ class stop_on_signals:  # noqa: N801 (used as a context manager, like contextlib
             signal.signal(signum, handler)
 
 
-def _scale_learning_rate(model: keras.Model, factor: float) -> None:
-    """Scale the peak of the run's WarmupLinearDecay schedule and retrace the train step."""
-    schedule = model.optimizer._learning_rate  # the schedule object (Keras keeps no public handle)
-    schedule.peak *= factor
-    model.make_train_function(force=True)
-
-
 def fit_with_recovery(
     model: keras.Model,
     batches: Callable[[int], object],
@@ -53,15 +47,17 @@ def fit_with_recovery(
     epochs: int,
     callbacks: list,
     checkpoint: StepCheckpoint,
+    memory: CallbackMemory,
     trainer: DictConfig,
 ) -> None:
     """`model.fit` from global batch `first_step` to the end of `epochs` (history: EpochLog),
     saving and stopping on SIGTERM/SIGINT (raises Preempted).
 
-    On a NaN or infinite loss the state of that step is not saved; with
+    On a NaN or infinite loss (or weights) nothing of that step is saved; with
     `trainer.on_nonfinite_loss=fail` the run stops (TrainingDiverged), with `rollback` it
-    restores the last good state and continues with the learning rate times
-    `trainer.rollback_lr_factor`, at most `trainer.max_rollbacks` times.
+    restores the last good state (with what the callbacks remembered then) and continues with
+    the learning rate times `trainer.rollback_lr_factor` (kept in later states), at most
+    `trainer.max_rollbacks` times.
     """
 
     def fit_from(step: int) -> None:
@@ -79,23 +75,28 @@ def fit_with_recovery(
     step = first_step
     with stop_on_signals(checkpoint):
         while True:
-            fit_from(step)
+            try:
+                fit_from(step)
+            except Diverged as diverged:
+                last_good = all_states(checkpoint.state_dir)[-1]
+                if trainer.on_nonfinite_loss != "rollback" or rollbacks == trainer.max_rollbacks:
+                    raise TrainingDiverged(
+                        f"the training loss became nan or inf at step {diverged.step} "
+                        f"({diverged}); the last good state is '{last_good}'. Lower "
+                        f"`optimizer.learning_rate`, or set `trainer.on_nonfinite_loss=rollback`"
+                    ) from diverged
+                rollbacks += 1
+                meta = restore_state(last_good, model)
+                memory.taken = meta.get("callbacks", {})
+                factor = meta.get("learning_rate_factor", 1.0) * trainer.rollback_lr_factor
+                set_learning_rate_factor(model, factor)
+                step = meta["step"]
+                log.warning("%s: rolled back to step %d, learning rate x%g of the configured "
+                            "one (rollback %d of %d)", diverged, step, factor, rollbacks,
+                            trainer.max_rollbacks)
+                checkpoint.reset(step)
+                model.stop_training = False
+                continue
             if checkpoint.preempted:
                 raise Preempted(checkpoint.step)
-            if checkpoint.diverged_at is None:
-                return
-            last_good = all_states(checkpoint.state_dir)[-1]
-            if trainer.on_nonfinite_loss != "rollback" or rollbacks == trainer.max_rollbacks:
-                raise TrainingDiverged(
-                    f"the training loss became nan or inf at step {checkpoint.diverged_at}; the "
-                    f"last good state is '{last_good}'. Lower `optimizer.learning_rate`, or set "
-                    f"`trainer.on_nonfinite_loss=rollback`"
-                )
-            rollbacks += 1
-            step = restore_state(last_good, model)
-            _scale_learning_rate(model, trainer.rollback_lr_factor)
-            log.warning("Loss not finite at step %d: rolled back to step %d, learning rate x%g "
-                        "(rollback %d of %d)", checkpoint.diverged_at, step,
-                        trainer.rollback_lr_factor, rollbacks, trainer.max_rollbacks)
-            checkpoint.reset(step)
-            model.stop_training = False
+            return

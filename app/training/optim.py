@@ -15,15 +15,19 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     Keras' PolynomialDecay has no warmup and CosineDecay decays along a cosine, hence this.
 
+    `factor` scales the whole schedule (a rollback lowers it).
+
     Example:
         >>> schedule = WarmupLinearDecay(peak=1e-4, warmup_steps=10, total_steps=100)
     """
 
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int, batches_per_update=1):
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, batches_per_update=1,
+                 factor: float = 1.0):
         self.peak = peak
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.batches_per_update = batches_per_update
+        self.factor = factor
 
     def __call__(self, step):
         # With gradient accumulation the optimizer counts batches; the schedule counts updates.
@@ -31,11 +35,35 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         warmup = step / max(self.warmup_steps, 1)
         decay = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
         fraction = keras.ops.where(step < self.warmup_steps, warmup, decay)
-        return self.peak * keras.ops.clip(fraction, 0.0, 1.0)
+        return self.peak * self.factor * keras.ops.clip(fraction, 0.0, 1.0)
 
     def get_config(self):
         return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps, "batches_per_update": self.batches_per_update}
+                "total_steps": self.total_steps, "batches_per_update": self.batches_per_update,
+                "factor": self.factor}
+
+
+def _schedule(optimizer: keras.optimizers.Optimizer) -> WarmupLinearDecay:
+    """The optimizer's schedule, read through its config (a LossScaleOptimizer's inner one)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return keras.optimizers.schedules.deserialize(inner.get_config()["learning_rate"])
+
+
+def learning_rate_factor(optimizer: keras.optimizers.Optimizer) -> float:
+    """The factor the run's schedule is scaled by (1 unless rolled back)."""
+    return _schedule(optimizer).factor
+
+
+def set_learning_rate_factor(model: keras.Model, factor: float) -> None:
+    """Scale the run's schedule by `factor` (of the configured one) and retrace the train step.
+
+    Public API only: a new schedule is set as the optimizer's learning rate, which works for
+    every precision (a LossScaleOptimizer passes it to its inner optimizer).
+    """
+    inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    inner.learning_rate = WarmupLinearDecay(**{**_schedule(model.optimizer).get_config(),
+                                               "factor": factor})
+    model.make_train_function(force=True)
 
 
 def build_optimizer(

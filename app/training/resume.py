@@ -38,8 +38,13 @@ def _state_variables(model: keras.Model) -> dict[str, list]:
     return {"model": model.variables, "optimizer": model.optimizer.variables}
 
 
-def save_state(state_dir: Path, model: keras.Model, step: int, keep: int) -> Path:
-    """Write the state after global batch `step` atomically; keep the newest `keep` states."""
+def save_state(state_dir: Path, model: keras.Model, step: int, keep: int,
+               meta: dict | None = None) -> Path:
+    """Write the state after global batch `step` atomically; keep the newest `keep` states.
+
+    `meta` (JSON) holds what the run's other parts need to continue exactly: what the
+    callbacks remember, the learning-rate factor of rollbacks, the training time so far.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     target = state_dir / f"step-{step:09d}"
     scratch = Path(tempfile.mkdtemp(prefix=".tmp-", dir=state_dir))
@@ -47,13 +52,19 @@ def save_state(state_dir: Path, model: keras.Model, step: int, keep: int) -> Pat
               for group, variables in _state_variables(model).items()
               for i, v in enumerate(variables)}
     np.savez(scratch / "variables.npz", **arrays)
-    (scratch / "meta.json").write_text(json.dumps({"step": step}))
+    (scratch / "meta.json").write_text(json.dumps({**(meta or {}), "step": step}))
     if target.exists():
         shutil.rmtree(target)
     os.replace(scratch, target)
     for old in all_states(state_dir)[:-keep]:
         shutil.rmtree(old)
     return target
+
+
+def nonfinite_weights(model: keras.Model) -> list[str]:
+    """The paths of the model's trainable variables holding a NaN or an infinity."""
+    return [v.path for v in model.trainable_variables
+            if not np.isfinite(keras.ops.convert_to_numpy(v.value)).all()]
 
 
 def all_states(state_dir: Path) -> list[Path]:
@@ -63,14 +74,15 @@ def all_states(state_dir: Path) -> list[Path]:
     return sorted(p for p in state_dir.glob("step-*") if (p / "meta.json").is_file())
 
 
-def restore_state(path: Path, model: keras.Model) -> int:
-    """Load a state into a compiled model (its optimizer is built here); return its step."""
+def restore_state(path: Path, model: keras.Model) -> dict:
+    """Load a state into a compiled model (its optimizer is built here); return its meta
+    (`step`: the global batch to continue from)."""
     model.optimizer.build(model.trainable_variables)
     with np.load(path / "variables.npz", allow_pickle=False) as arrays:
         for group, variables in _state_variables(model).items():
             for i, variable in enumerate(variables):
                 variable.assign(arrays[f"{group}/{i}"])
-    return json.loads((path / "meta.json").read_text())["step"]
+    return json.loads((path / "meta.json").read_text())
 
 
 def resumed_config(run_dir: str) -> DictConfig:
@@ -98,9 +110,9 @@ def resumed_config(run_dir: str) -> DictConfig:
     return cfg
 
 
-def restore_latest(run_dir: Path, model: keras.Model) -> int:
-    """Restore the newest state of a run; return the global batch index to continue from."""
+def restore_latest(run_dir: Path, model: keras.Model) -> dict:
+    """Restore the newest state of a run; return its meta (`step`: where to continue)."""
     states = all_states(RunLayout(run_dir).states)
-    step = restore_state(states[-1], model)
-    log.info("Resumed from %s (step %d)", states[-1], step)
-    return step
+    meta = restore_state(states[-1], model)
+    log.info("Resumed from %s (step %d)", states[-1], meta["step"])
+    return meta
