@@ -13,8 +13,8 @@ from sklearn import metrics as skm
 
 from app.data.task import TaskSpec
 from app.models.classifier import build_task_model
-from app.training.metrics import evaluate_predictions
 from app.training.checkpoints import AtomicModelCheckpoint, CallbackMemory
+from app.training.metrics import evaluate_predictions
 from app.training.optim import (
     WarmupLinearDecay,
     build_optimizer,
