@@ -16,17 +16,20 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from app.data.readers import CHUNK_ROWS
 from app.errors import ConfigError
 from app.models.classifier import task_loss
 from app.runs.read import open_run
 from app.runs.record import write_json
 from app.runtime.console import command
 from app.tasks.inference import (
+    BATCH_SIZE,
+    Predictor,
+    Progress,
     data_settings,
     features,
     load_model,
-    predict_batches,
-    read_inputs,
+    read_chunks,
 )
 from app.training.metrics import evaluate_predictions
 
@@ -43,9 +46,13 @@ def eval_file(run_data, split: str | None) -> Path:
 
 
 def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | None = None,
-             checkpoint: str = "export", batch_size: int = 64, progress: bool = True,
-             overrides: dict | None = None) -> dict:
+             checkpoint: str = "export", batch_size: int = BATCH_SIZE, progress: bool = True,
+             overrides: dict | None = None, chunk_rows: int = CHUNK_ROWS,
+             bucketing: bool = True) -> dict:
     """Evaluate a finished run on a labelled file and write `eval_<split>.json` beside it.
+
+    The file is streamed `chunk_rows` rows at a time; only the targets and model outputs
+    (a few numbers per row) are kept for the metrics, never the texts.
 
     Args:
         run_dir: the run folder.
@@ -54,9 +61,11 @@ def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | 
             `<name>` for `<data.dir>/<name>.<format>`); default: `input`'s file stem, or dev.
         checkpoint: `export` (final model), `best` or `last` checkpoint.
         batch_size: examples per prediction batch.
-        progress: show a progress bar.
+        progress: show a progress bar (with the time left).
         overrides: `data.*` settings replacing the run's (format, text_column,
             text_pair_column, label_column; None: as in training), e.g. `{"label_column": "stars"}`.
+        chunk_rows: rows read and predicted at a time (the metrics do not depend on it).
+        bucketing: batch texts of similar token length (see `app.tasks.inference.Predictor`).
 
     Returns:
         The evaluation record written to `eval_<split>.json`.
@@ -68,15 +77,19 @@ def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | 
         raise ConfigError(f"`split` names the output eval_<split>.json and must be letters, "
                           f"digits, - or _. Received: {name!r}")
     settings = data_settings(run, overrides, path)
-    table = read_inputs(path, settings, with_labels=True)
+    chunks = read_chunks(path, settings, with_labels=True, chunk_rows=chunk_rows)
     task = run.task
-    targets = task.targets(table, settings.label_column)
-    texts = features(table, settings)
 
     started = time.perf_counter()
-    model = load_model(run, checkpoint)
-    outputs = np.concatenate([out for _, out in predict_batches(model, texts, batch_size,
-                                                                progress)])
+    predictor = Predictor(load_model(run, checkpoint), batch_size, bucketing)
+    bar = Progress(path, settings.format, progress)
+    targets, outputs = [], []
+    for table in chunks:
+        targets.append(task.targets(table, settings.label_column))
+        outputs.append(predictor(features(table, settings)))
+        bar.update(len(table))
+    bar.close()
+    targets, outputs = np.concatenate(targets), np.concatenate(outputs)
     loss = float(keras.ops.convert_to_numpy(task_loss(task)(targets, outputs)))
     record = {
         "run": str(run.path),

@@ -6,57 +6,69 @@
 Reads the input with the readers and text columns of training (`data.*` overridable; no label
 column needed) and writes, per input row, the texts, the predicted label and one probability
 per label (`prob_<label>`), or the `score` of a regression run. The output format follows its
-suffix: .tsv, .csv or .jsonl. Inputs are predicted and written chunk by chunk.
+suffix: .tsv, .csv or .jsonl (TSV output is quoted TSV, which the readers read back exactly:
+see `app.data.writers`). The input is streamed, predicted and written chunk by chunk, texts of
+similar length batched together; the output appears only once complete.
 """
 
-import csv
-import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
+import numpy as np
+
+from app.data.readers import CHUNK_ROWS, Table
+from app.data.writers import atomic_table
 from app.errors import ConfigError
 from app.runs.read import open_run
 from app.runtime.console import command
 from app.tasks.inference import (
+    BATCH_SIZE,
     SUFFIX_FORMATS,
+    Predictor,
+    Progress,
     data_settings,
     features,
     load_model,
-    predict_batches,
-    read_inputs,
+    read_chunks,
     softmax,
 )
 
 log = logging.getLogger(__name__)
 
-class _Writer:
-    """Rows out as TSV (tabs and newlines in texts become spaces), CSV or JSON lines."""
 
-    def __init__(self, stream, fmt: str, columns: list[str]):
-        self.stream, self.fmt, self.columns = stream, fmt, columns
-        if fmt != "jsonl":
-            self.csv = csv.writer(stream, delimiter="\t" if fmt == "tsv" else ",",
-                                  quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
-                                  lineterminator="\n")
-            self.csv.writerow(columns)
-
-    def write(self, row: dict) -> None:
-        if self.fmt == "jsonl":
-            self.stream.write(json.dumps(row, ensure_ascii=False) + "\n")
-            return
-        flat = {**row, **{f"prob_{k}": v for k, v in row.get("probabilities", {}).items()}}
-        values = [flat[c] for c in self.columns]
-        if self.fmt == "tsv":
-            values = [" ".join(str(v).split()) if isinstance(v, str) else v for v in values]
-        self.csv.writerow(values)
+def prediction_rows(table: Table, names: list[str], outputs: np.ndarray, labels: list[str],
+                    fmt: str) -> list[dict]:
+    """One output row per input row: the texts, then `label` and `prob_<label>` columns
+    (JSONL: a `probabilities` object), or the `score` of a regression run."""
+    texts = [table.columns[name] for name in names]
+    if not labels:
+        return [{**{n: t[i] for n, t in zip(names, texts, strict=True)}, "score": float(v)}
+                for i, v in enumerate(outputs.reshape(-1).tolist())]
+    probabilities = softmax(outputs)
+    predicted = probabilities.argmax(axis=-1).tolist()
+    rows = []
+    for i, scores in enumerate(probabilities.tolist()):
+        row = {n: t[i] for n, t in zip(names, texts, strict=True)}
+        row["label"] = labels[predicted[i]]
+        if fmt == "jsonl":
+            row["probabilities"] = dict(zip(labels, scores, strict=True))
+        else:
+            row.update(zip((f"prob_{label}" for label in labels), scores, strict=True))
+        rows.append(row)
+    return rows
 
 
 def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
-            output_format: str | None = None, checkpoint: str = "export", batch_size: int = 64,
-            progress: bool = True, overrides: dict | None = None) -> Path:
+            output_format: str | None = None, checkpoint: str = "export",
+            batch_size: int = BATCH_SIZE, progress: bool = True, overrides: dict | None = None,
+            chunk_rows: int = CHUNK_ROWS, bucketing: bool = True) -> Path:
     """Predict every row of `input_path` with a finished run and write `output`.
+
+    The input is streamed `chunk_rows` rows at a time and the predictions are written chunk by
+    chunk to a temporary file beside `output`, renamed to `output` at the end: on any error
+    nothing is left behind and an existing `output` is untouched. Every text reads back from
+    the output with the app's readers as it was (TSV output is quoted TSV: see
+    `app.data.writers`).
 
     Args:
         run_dir: the run folder.
@@ -65,9 +77,12 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
         output_format: `tsv`, `csv` or `jsonl`, to override the suffix.
         checkpoint: `export` (final model), `best` or `last` checkpoint.
         batch_size: examples per prediction batch.
-        progress: show a progress bar.
+        progress: show a progress bar (with the time left).
         overrides: `data.*` settings replacing the run's (format, text_column,
             text_pair_column; None: as in training), e.g. `{"text_column": "review"}`.
+        chunk_rows: input rows read, predicted and written at a time.
+        bucketing: batch texts of similar token length, each batch padded to its longest
+            (False: input order, every text padded to `data.sequence_length`).
 
     Returns:
         The output path. Classification rows hold `label` and `probabilities` (`prob_<label>`
@@ -81,30 +96,21 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
                           f"output_format={output_format!r}; expected a .tsv, .csv or .jsonl "
                           f"output, or output_format=tsv|csv|jsonl")
     settings = data_settings(run, overrides, Path(input_path))
-    table = read_inputs(input_path, settings, with_labels=False)
-    texts = features(table, settings)
+    chunks = read_chunks(input_path, settings, with_labels=False, chunk_rows=chunk_rows)
     names = [settings.text_column] + ([settings.text_pair_column]
                                       if settings.text_pair_column else [])
     labels = list(run.task.label_names)
     result = ["label", *(f"prob_{label}" for label in labels)] if labels else ["score"]
-    model = load_model(run, checkpoint)
+    predictor = Predictor(load_model(run, checkpoint), batch_size, bucketing)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=output.parent, suffix=".tmp", delete=False,
-                                     encoding="utf-8", newline="") as stream:
-        writer = _Writer(stream, fmt, names + result)
-        for start, outputs in predict_batches(model, texts, batch_size, progress):
-            scores = softmax(outputs) if labels else outputs.reshape(-1)
-            for i, score in enumerate(scores):
-                row = {name: str(texts[j][start + i]) for j, name in enumerate(names)}
-                if labels:
-                    row["label"] = labels[int(score.argmax())]
-                    row["probabilities"] = dict(zip(labels, score.tolist(), strict=True))
-                else:
-                    row["score"] = float(score)
-                writer.write(row)
-    os.replace(stream.name, output)
-    log.info("Wrote %d predictions to %s", len(table), output)
+    bar = Progress(input_path, settings.format, progress)
+    with atomic_table(output, fmt, names + result) as writer:
+        for table in chunks:
+            outputs = predictor(features(table, settings))
+            writer.write_rows(prediction_rows(table, names, outputs, labels, fmt))
+            bar.update(len(table))
+    bar.close()
+    log.info("Wrote %d predictions to %s", writer.rows, output)
     return output
 
 
