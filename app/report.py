@@ -17,7 +17,7 @@ def main(cfg) -> None:
     root = Path(cfg.input)
     rows, text = report(root, cfg.csv, cfg.png, cfg.plot)
     counts = {state: sum(r.run.state == state for r in rows) for state in
-              ("completed", "failed", "running")}
+              ("completed", "failed", "preempted", "interrupted", "running")}
     # The table itself is the product, so it goes to stdout.
     print(text)
     print(f"\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)

@@ -17,7 +17,13 @@ from app.config.instantiate import check_config
 from app.config.validate import optimized_metric, validate
 from app.errors import Preempted
 from app.runs.layout import RunLayout
-from app.runs.record import capture_env, write_json, write_status
+from app.runs.record import (
+    Heartbeat,
+    capture_env,
+    write_json,
+    write_run_config,
+    write_status,
+)
 from app.runtime.console import command, sweep_policy
 from app.runtime.strategy import build_strategy, check_global_batch, is_chief
 from app.tasks import task_for
@@ -121,8 +127,8 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
 def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, train, evaluate and export one run into `run_dir`; return its metrics.
 
-    The folder's `status.json` says `running`, then `completed`, `preempted` (with the step)
-    or `failed` with the error.
+    The folder's `status.json` says `running` (with host, process id and a heartbeat renewed
+    while it trains), then `completed`, `preempted` (with the step) or `failed` with the error.
 
     Args:
         cfg: the composed config (see `conf/train.yaml`).
@@ -133,11 +139,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         run_dir = Path(tempfile.mkdtemp(prefix="albert-worker-"))
         log.info("Non-chief worker: writing to scratch folder %s", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_status(run_dir, "running")
     try:
-        validate(cfg)
-        check_config(cfg)
-        metrics = run_training(cfg, RunLayout(run_dir))
+        with Heartbeat(run_dir):
+            validate(cfg)
+            check_config(cfg)
+            if not cfg.resume:  # a resume keeps the config its run started with
+                write_run_config(cfg, RunLayout(run_dir))
+            metrics = run_training(cfg, RunLayout(run_dir))
     except Preempted as stop:
         write_status(run_dir, "preempted", step=stop.step)
         raise

@@ -3,6 +3,7 @@ same final weights and metrics as an uninterrupted run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,11 @@ import keras
 import numpy as np
 import pytest
 from conftest import TINY
+from omegaconf import OmegaConf
 
 from app.data import synthetic
 from app.errors import PREEMPTED_EXIT_CODE
+from app.runs.read import read_run
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 25  # 400 examples / batch 16
@@ -38,9 +41,9 @@ def overrides(data_dir: Path, run_dir: Path) -> list[str]:
             f"hydra.run.dir={run_dir}"]
 
 
-def start(*args: str) -> subprocess.Popen:
+def start(*args: str, cwd: Path = REPO, command: str = "app") -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.Popen([sys.executable, "-m", "app", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", command, *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -103,6 +106,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, long_data, refe
     killed_at = saved_steps(run_dir)[-1]
     assert killed_at < 2 * STEPS_PER_EPOCH
     assert json.loads((run_dir / "status.json").read_text())["status"] == "running"
+    assert read_run(run_dir).state == "interrupted"  # what albert-report shows
     output = finish(start(f"resume={run_dir}"))
     assert f"step {killed_at}" in output
     assert json.loads((run_dir / "status.json").read_text())["status"] == "completed"
@@ -217,3 +221,31 @@ def test_with_the_default_checkpoints_a_sigkill_leaves_a_resumable_run(tmp_path,
     process.wait()
     finish(start(f"resume={run_dir}"))
     assert_same_outcome(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_a_moved_run_folder_resumes_and_evaluates_from_another_directory(tmp_path, long_data,
+                                                                          reference):
+    # Started with relative paths (data and run folder) from one directory, stopped, moved,
+    # then resumed and evaluated from another: the run reads its data by the absolute path it
+    # recorded, and its own files where the folder is now.
+    launch, elsewhere = tmp_path / "launch", tmp_path / "elsewhere"
+    launch.mkdir()
+    elsewhere.mkdir()
+    (launch / "data").symlink_to(long_data)
+    args = [a for a in overrides(long_data, Path("runs/run")) if not a.startswith("data.dir")]
+    process = start(*args, "data.dir=data", cwd=launch)
+    wait_for_step(process, launch / "runs" / "run", 4)
+    process.send_signal(signal.SIGTERM)
+    finish(process, expected=PREEMPTED_EXIT_CODE)
+    saved = OmegaConf.load(launch / "runs" / "run" / "config.yaml")
+    assert saved.data.dir == str(long_data.resolve()) and saved.resume is None
+    moved = elsewhere / "moved"
+    shutil.move(launch / "runs" / "run", moved)
+    finish(start(f"resume={moved}", cwd=elsewhere))
+    assert json.loads((moved / "status.json").read_text())["status"] == "completed"
+    assert_same_outcome(moved, reference)
+    finish(start(f"run={moved}", cwd=tmp_path, command="app.evaluate"))
+    evaluation = json.loads((moved / "eval_dev.json").read_text())
+    assert evaluation["metrics"]["accuracy"] == pytest.approx(
+        json.loads((moved / "metrics.json").read_text())["final"]["val_accuracy"], abs=1e-6)

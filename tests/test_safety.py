@@ -453,6 +453,7 @@ def test_json_files_others_read_are_replaced_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         write_json(path, {"epoch": 2})
     assert json.loads(path.read_text()) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
 
 
 def test_checkpoints_are_replaced_whole(tmp_path, monkeypatch):

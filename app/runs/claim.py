@@ -24,6 +24,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
+from app.errors import ConfigError
+from app.runs.read import refuse_live_run
+
 MAX_SUFFIX = 1000
 
 
@@ -89,6 +92,10 @@ class ClaimRunFolder(Callback):
             if not wanted.is_dir():
                 _fail(f"`resume` '{config.resume}' does not exist; expected the folder of an "
                       f"earlier run (experiments/<name>/<timestamp>)")
+            try:
+                refuse_live_run(wanted)
+            except ConfigError as error:
+                _fail(str(error))
             check_writable(wanted, self.min_free_mb)
             return
         explicit = _is_explicit(config, "hydra.run.dir")

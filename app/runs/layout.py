@@ -1,7 +1,8 @@
 """The run folder's contract: every path in it, named once (as keras-hub's preset_utils does).
 
     experiments/<name>/<YYYY-MM-DD_HH-MM-SS>/
-        .hydra/config.yaml, overrides.yaml   the resolved config and the command-line overrides
+        .hydra/config.yaml, overrides.yaml   the config as composed and the command-line overrides
+        config.yaml                          the config resolved, paths absolute or in the folder
         status.json env.json labels.json history.json metrics.json eval_<split>.json
         tokenizer/spm.model                  the SentencePiece model the run used
         tokenizer/normalization.json         its text normalization, where it has one
@@ -51,6 +52,8 @@ class RunLayout:
         object.__setattr__(self, "root", Path(self.root))
 
     hydra_config = property(lambda self: self.root / HYDRA_DIR / CONFIG_FILE)
+    # What evaluate, predict and resume read (see app.runs.record.write_run_config).
+    run_config = property(lambda self: self.root / CONFIG_FILE)
     overrides = property(lambda self: self.root / HYDRA_DIR / OVERRIDES_FILE)
     status = property(lambda self: self.root / STATUS_FILE)
     labels = property(lambda self: self.root / LABELS_FILE)

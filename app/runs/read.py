@@ -11,7 +11,10 @@ Example:
 """
 
 import json
+import os
+import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -20,6 +23,11 @@ from app.config.schema import register_configs
 from app.data.task import TaskSpec
 from app.errors import ConfigError
 from app.runs.layout import STATUS_FILE, RunLayout
+from app.runs.record import HEARTBEAT_SECONDS, PATH_KEYS, process_start
+
+# A `running` run on another host whose heartbeat is older than this is taken for dead. Ten
+# beats: a long step that holds Python's lock (a SentencePiece training) can delay a few.
+STALE_SECONDS = 10 * HEARTBEAT_SECONDS
 
 
 @dataclass
@@ -40,8 +48,10 @@ class Run:
 
     @property
     def state(self) -> str:
-        """`running`, `completed` or `failed`."""
-        return self.status.get("status", "unknown")
+        """`running`, `completed`, `failed`, `preempted`, or `interrupted`: status.json says
+        `running` but its process is gone (killed; resumable with `resume=`)."""
+        state = self.status.get("status", "unknown")
+        return "interrupted" if state == "running" and not is_alive(self.status) else state
 
     @property
     def task(self) -> TaskSpec:
@@ -53,8 +63,46 @@ class Run:
         return TaskSpec(kind=kind, label_names=tuple(self.label_names))
 
 
+def is_alive(status: dict, now: datetime | None = None) -> bool:
+    """Whether the process a `running` status names still runs.
+
+    On the same host: its process id exists and started when the run's did (not a later process
+    given the same id). On another host: its heartbeat is younger than STALE_SECONDS. A status
+    without host and heartbeat (written before they were recorded) counts as alive.
+    """
+    if status.get("host") == socket.gethostname() and status.get("pid"):
+        pid = int(status["pid"])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # another user's process: it exists
+        return status.get("pid_start") in (None, process_start(pid))
+    if not status.get("heartbeat"):
+        return True
+    age = ((now or datetime.now(UTC)) - datetime.fromisoformat(status["heartbeat"]))
+    return age.total_seconds() < STALE_SECONDS
+
+
 def _read_json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_config(layout: RunLayout) -> DictConfig | None:
+    """The run's config: `config.yaml` with its in-folder paths joined to where the folder is
+    now (runs written before it existed: `.hydra/config.yaml`, as composed); None if neither."""
+    if not layout.run_config.is_file():
+        return OmegaConf.load(layout.hydra_config) if layout.hydra_config.is_file() else None
+    config = OmegaConf.load(layout.run_config)
+    root = layout.root.absolute()
+    for key in PATH_KEYS:
+        value = OmegaConf.select(config, key)
+        if not isinstance(value, str) or "://" in value or Path(value).is_absolute():
+            continue
+        if key != "model.preset" or (root / value).exists():  # else a keras-hub preset name
+            OmegaConf.update(config, key, str(root / value))
+    return config
 
 
 def read_run(path: str | Path) -> Run:
@@ -62,7 +110,7 @@ def read_run(path: str | Path) -> Run:
     register_configs()  # the `${app_resource:...}` resolver used by saved configs
     path = Path(path)
     layout = RunLayout(path)
-    config = OmegaConf.load(layout.hydra_config) if layout.hydra_config.is_file() else None
+    config = load_config(layout)
     overrides = list(OmegaConf.load(layout.overrides)) if layout.overrides.is_file() else []
     return Run(
         path=path,
@@ -89,6 +137,18 @@ def find_runs(root: str | Path) -> list[Run]:
 
 def _natural_key(path: Path) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
+
+
+def refuse_live_run(path: str | Path, key: str = "resume") -> None:
+    """ConfigError when the run at `path` is still running (a live process writes into it)."""
+    status = read_run(path).status
+    if status.get("status") == "running" and is_alive(status):
+        where = (f" as process {status['pid']} on host {status['host']}"
+                 if status.get("pid") else "")
+        beat = f", last heartbeat {status['heartbeat']}" if status.get("heartbeat") else ""
+        raise ConfigError(f"`{key}` names a run that is still running{where}{beat}: '{path}'. "
+                          f"Stop it first (a stopped or killed run reads `interrupted` in "
+                          f"albert-report and can be resumed)")
 
 
 def open_run(path: str | Path) -> Run:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from app.config.schema import TrainConfig
 from app.errors import ConfigError
 from app.runs.layout import RunLayout
+from app.runs.read import load_config, refuse_live_run
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +91,20 @@ def resumed_config(run_dir: str) -> DictConfig:
     reuse that run's tokenizer. Refused before anything is written when the run is complete
     or has no saved state."""
     layout = RunLayout(Path(run_dir))
-    saved = layout.hydra_config
-    if not saved.is_file():
+    saved = load_config(layout)
+    if saved is None:
         raise ConfigError(f"`resume` must name a run folder with a saved config. "
-                          f"Received: '{run_dir}' (no {saved.relative_to(layout.root)})")
+                          f"Received: '{run_dir}' (no {layout.run_config.name} or "
+                          f"{layout.hydra_config.relative_to(layout.root)})")
     status = layout.status
     if status.is_file() and json.loads(status.read_text()).get("status") == "completed":
         raise ConfigError(f"`resume` names a run that already completed: '{run_dir}'")
+    refuse_live_run(run_dir)
     if not all_states(layout.states):
         raise ConfigError(f"`resume` names a run with no saved training state: '{run_dir}' has "
                           f"no '{layout.states.relative_to(layout.root)}/step-*' folder "
                           f"(runs save one at their start)")
-    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.load(saved))
+    cfg = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
     for node in cfg.callbacks.values():
         if node is not None and node.get("_target_") in MOVED_TARGETS:
             node._target_ = MOVED_TARGETS[node._target_]
