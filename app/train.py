@@ -27,6 +27,7 @@ from app.runs.record import (
 from app.runtime.console import command, sweep_policy
 from app.runtime.strategy import build_strategy, check_global_batch, is_chief
 from app.tasks import task_for
+from app.training.best import restore_best
 from app.training.callbacks import (
     EpochLog,
     HParamsSummary,
@@ -103,15 +104,19 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
                       cfg.trainer.epochs, [*configured, memory, checkpoint], checkpoint,
                       memory, cfg.trainer)
 
-    # === Export and metrics.json ===
-    log.info("Exporting to %s", task.export(model, layout))
+    # === Export and metrics.json (of the best epoch, unless trainer.use_best=false) ===
     history = epochs_log.history()
+    final_epoch, best_epoch = restore_best(model, history, cfg, layout.root)
+    log.info("Exporting to %s", task.export(model, layout))
     # From history.json: a resume after the last epoch (killed during the export) trains and
     # evaluates nothing more, and reports what that epoch measured.
-    final = {name: values[-1] for name, values in history.items() if name.startswith("val_")}
+    final = {name: values[final_epoch] for name, values in history.items()
+             if name.startswith("val_")}
     metrics = {
         "history": history,
         "final": final,
+        "final_epoch": final_epoch + 1,  # 1-based, as in the log lines
+        "best_epoch": best_epoch + 1,
         "optimized_metric": {"name": monitor, "value": final[monitor], "direction": cfg.direction},
         # Training batches only (no evaluation, no checkpoint saves), over every process.
         "train_examples_per_second": (

@@ -67,8 +67,22 @@ def test_wrong_type_is_refused():
     ("trainer.jit_compile=sometimes", "`trainer.jit_compile` must be one of"),
     ("data.dir=/no/such/dir", "`data.dir` does not exist. Received: '/no/such/dir'"),
     ("data.train_file=missing.tsv", "`data.train_file` does not exist"),
+    ("data.class_weight=inverse", "`data.class_weight` must be one of .None, 'balanced'.. "
+                                  "Received: 'inverse'"),
+    ("trainer.on_collapse=ignore", "`trainer.on_collapse` must be one of .'warn', 'stop'."),
+    ("model.learning_rate=0", "`model.learning_rate` must be > 0. Received: 0.0"),
+    ("model.preset_learning_rate=-1e-5", "`model.preset_learning_rate` must be > 0"),
 ])
 def test_bad_config_values(override, message):
     cfg = compose_config(*TINY, override)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("`", "`")):
         validate(cfg)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.class_weight=balanced", "`data.class_weight` applies to classification only"),
+    ("data.positive_label=1", "`data.positive_label` applies to classification only"),
+])
+def test_imbalance_keys_need_classification(override, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_config(*TINY, "data.task=regression", override))

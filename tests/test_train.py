@@ -71,7 +71,12 @@ def assert_completed_run(run_dir: Path, metrics: dict, metric_keys: set[str], ep
     assert all(math.isfinite(v) for v in metrics["final"].values())
     assert len(metrics["history"]["loss"]) == epochs
     assert all(math.isfinite(v) for v in metrics["history"]["loss"])
-    assert metrics["history"]["val_loss"][-1] == metrics["final"]["val_loss"]
+    # `final` is the best epoch by the optimized metric (trainer.use_best), the first of equals.
+    monitor = metrics["optimized_metric"]["name"]
+    scores = metrics["history"][monitor]
+    best = scores.index(max(scores))
+    assert metrics["final_epoch"] == metrics["best_epoch"] == best + 1
+    assert metrics["history"]["val_loss"][best] == metrics["final"]["val_loss"]
     assert {"epoch_loss", "epoch_learning_rate"} <= tensorboard_tags(run_dir / "tensorboard/train")
     assert "epoch_loss" in tensorboard_tags(run_dir / "tensorboard/validation")
     hparams_tags = tensorboard_tags(run_dir / "tensorboard")

@@ -29,6 +29,10 @@ class ModelConfig:
     dropout: float = 0.0
     max_sequence_length: int = 512
     classifier_dropout: float = 0.1
+    # Peak learning rates measured for this shape (the optimizer's default follows them, see
+    # `peak_learning_rate`): from random init, and fine-tuning a pretrained `preset`.
+    learning_rate: float = 5e-4
+    preset_learning_rate: float = 1e-4
 
 
 @dataclass
@@ -50,6 +54,10 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     # Fine-tuning: batch similar lengths together, cut padding to these lengths (null: off).
     bucket_boundaries: list[int] | None = None
+    # Imbalanced labels: `balanced` weighs each training example by n / (classes * n_class).
+    class_weight: str | None = None
+    # The positive class of binary F1 (null: the minority class of the training split).
+    positive_label: str | None = None
     # Pretraining (task: pretraining; see app.data.pretraining): train_file/eval_file are globs.
     document_pattern: str | None = None   # regex of heading lines starting a document
     skip_pattern: str | None = None       # regex of lines to drop
@@ -58,6 +66,11 @@ class DataConfig:
     masked_lm_prob: float = 0.15
     max_ngram: int = 3
     short_seq_prob: float = 0.1
+    # Pretraining from a folder written by albert-prepare (`data=prepared`, see
+    # app.data.pretraining.shards): the folder, shard files read together, the hash check.
+    prepared: str | None = None
+    shard_group_size: int = 8
+    verify_shards: bool = True
 
 
 @dataclass
@@ -65,7 +78,7 @@ class TokenizerConfig:
     """A SentencePiece model to use (`proto`), or how to train one on the training texts."""
 
     proto: str | None = None
-    vocab_size: int = 1000
+    vocab_size: int | None = None  # null: chosen from the training texts (app.tasks.tokenizer)
     model_type: str = "unigram"
     lowercase: bool = True
     character_coverage: float = 0.9995
@@ -104,6 +117,8 @@ class TrainerConfig:
     rollback_lr_factor: float = 0.5
     max_rollbacks: int = 3
     log_every_n_steps: int = 50
+    on_collapse: str = "warn"
+    use_best: bool = True
 
 
 @dataclass
@@ -160,7 +175,8 @@ class InferenceConfig:
 
     run: str = MISSING
     checkpoint: str = "export"
-    batch_size: int = 64
+    batch_size: int = 256
+    bucketing: bool = True
     progress: bool = True
     data: InferenceDataConfig = field(default_factory=InferenceDataConfig)
 
@@ -207,6 +223,42 @@ class TokenizerCommandConfig:
 
 
 @dataclass
+class PrepareDataConfig:
+    """How `albert-prepare` reads documents and packs pairs (the training `data` keys)."""
+
+    document_pattern: str | None = None
+    skip_pattern: str | None = None
+    eval_fraction: float = 0.05
+    sequence_length: int = 128
+    short_seq_prob: float = 0.1
+
+
+@dataclass
+class PrepareTokenizerConfig:
+    """A SentencePiece model to use (`proto`), or how to train one on a sample."""
+
+    proto: str | None = None
+    vocab_size: int = 16000
+    model_type: str = "unigram"
+    lowercase: bool = True
+    character_coverage: float = 0.9995
+    input_sentence_size: int = 1_000_000
+
+
+@dataclass
+class PrepareConfig:
+    """`albert-prepare`: raw text -> a folder of sharded, pre-tokenized sentence pairs."""
+
+    input: str = MISSING
+    output: str = MISSING
+    num_proc: int = 1
+    shard_size_mb: float = 16.0
+    seed: int = 42
+    data: PrepareDataConfig = field(default_factory=PrepareDataConfig)
+    tokenizer: PrepareTokenizerConfig = field(default_factory=PrepareTokenizerConfig)
+
+
+@dataclass
 class BenchOptions:
     """The bench's own knobs (`bench.<name>=<value>`)."""
 
@@ -216,17 +268,21 @@ class BenchOptions:
     matmul_size: int = 2048
     matmul_seconds: float = 2.0
     out: str | None = None
+    predict_copies: int = 20
+    predict_batch_size: int | None = None
 
 
 @dataclass
 class BenchConfig(TrainConfig):
     """`albert-bench`: the training config plus the bench's own options."""
 
+    mode: str = "train"
     bench: BenchOptions = field(default_factory=BenchOptions)
 
 
 SCHEMAS = {"train": TrainConfig, "evaluate": EvaluateConfig, "predict": PredictConfig,
-           "report": ReportConfig, "tokenizer": TokenizerCommandConfig, "bench": BenchConfig}
+           "report": ReportConfig, "tokenizer": TokenizerCommandConfig, "bench": BenchConfig,
+           "prepare": PrepareConfig}
 
 
 def resource_dir(name: str) -> str:
@@ -251,6 +307,12 @@ def conf_help(command: str) -> str:
     return "\n".join(lines).strip("\n").replace("$", "$$")
 
 
+def peak_learning_rate(preset: str | None, scratch: float, pretrained: float) -> float:
+    """The model's measured peak learning rate: `pretrained` with a `model.preset`, else
+    `scratch` (`${peak_learning_rate:${model.preset},${model.learning_rate},...}`)."""
+    return scratch if preset is None else pretrained
+
+
 def hydra_subdir(resume: str | None) -> str:
     """Where Hydra saves the config: `.hydra`, or a new `.hydra/resume-<time>` on resume."""
     return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
@@ -266,6 +328,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("conf_help", conf_help)
     if not OmegaConf.has_resolver("app_resource"):
         OmegaConf.register_new_resolver("app_resource", resource_dir)
+    if not OmegaConf.has_resolver("peak_learning_rate"):
+        OmegaConf.register_new_resolver("peak_learning_rate", peak_learning_rate)
     if not OmegaConf.has_resolver("resume_or"):
         # hydra.run.dir: the resumed run's own folder, else a new one.
         OmegaConf.register_new_resolver("resume_or", lambda resume, new: resume or new)

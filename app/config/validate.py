@@ -17,6 +17,8 @@ TASKS = ("classification", "regression", "pretraining")
 FORMATS = ("tsv", "csv", "jsonl")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+CLASS_WEIGHTS = (None, "balanced")
+ON_COLLAPSE = ("warn", "stop")
 CLASSIFICATION_METRICS = ("loss", "accuracy", "f1", "mcc", "macro_f1")
 REGRESSION_METRICS = ("loss", "mse", "pearson", "spearman")
 PRETRAINING_METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "mlm_perplexity",
@@ -56,6 +58,8 @@ def _check_file(key: str, path: Path) -> None:
 
 
 def _validate_model(model: DictConfig, sequence_length: int) -> None:
+    for key in ("learning_rate", "preset_learning_rate"):
+        _check(model[key] > 0, f"`model.{key}` must be > 0. Received: {model[key]}")
     if model.preset is not None:
         remote = "://" in model.preset  # hf://org/name, kaggle://owner/model/...
         looks_like_path = any(sep in model.preset for sep in ("/", "\\")) or model.preset[0] == "."
@@ -110,6 +114,13 @@ def _validate_data(data: DictConfig) -> None:
         f"`data.bucket_boundaries` must be ascending lengths below `data.sequence_length` "
         f"({data.sequence_length}). Received: {boundaries}",
     )
+    _check_one_of("data.class_weight", data.class_weight, CLASS_WEIGHTS)
+    _check(data.class_weight is None or data.task == "classification",
+           f"`data.class_weight` applies to classification only; `data.task` is {data.task!r}. "
+           f"Received: {data.class_weight!r}")
+    _check(data.positive_label is None or data.task == "classification",
+           f"`data.positive_label` applies to classification only; `data.task` is "
+           f"{data.task!r}. Received: {data.positive_label!r}")
 
 
 def _check_regex(key: str, pattern: str | None) -> None:
@@ -122,7 +133,20 @@ def _check_regex(key: str, pattern: str | None) -> None:
                       f"Received: {pattern!r}")
 
 
+def _validate_prepared(data: DictConfig) -> None:
+    _check(Path(data.prepared, "manifest.json").is_file(),
+           f"`data.prepared` must be a folder written by albert-prepare (with a manifest.json). "
+           f"Received: '{data.prepared}'")
+    _check_at_least("data.shard_group_size", data.shard_group_size, 1)
+    _check(data.max_train_examples is None and data.max_eval_examples is None,
+           "`data.max_train_examples` and `data.max_eval_examples` must be null with "
+           "`data.prepared` (prepare a smaller corpus instead)")
+
+
 def _validate_pretraining_data(data: DictConfig) -> None:
+    if data.prepared:
+        _validate_prepared(data)
+        return
     _check(Path(data.dir).is_dir(), f"`data.dir` does not exist. Received: '{data.dir}'")
     expand_files(data.dir, data.train_file, "data.train_file")
     if data.eval_file:
@@ -162,6 +186,7 @@ def _validate_trainer(trainer: DictConfig) -> None:
            f"Received: {trainer.checkpoint_every_minutes}")
     _check_at_least("trainer.keep_checkpoints", trainer.keep_checkpoints, 1)
     _check_one_of("trainer.on_nonfinite_loss", trainer.on_nonfinite_loss, ("fail", "rollback"))
+    _check_one_of("trainer.on_collapse", trainer.on_collapse, ON_COLLAPSE)
     _check(
         0 < trainer.rollback_lr_factor < 1,
         f"`trainer.rollback_lr_factor` must be in (0, 1). Received: {trainer.rollback_lr_factor}",

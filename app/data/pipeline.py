@@ -1,6 +1,6 @@
 """tf.data pipelines: tokenize and pack once (cached), then shuffle, batch and prefetch."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -91,6 +91,7 @@ def epoch_stream(
     epochs: int,
     per_example: Callable | None = None,
     bucket_boundaries: list[int] | None = None,
+    class_weights: Sequence[float] | None = None,
 ) -> Callable[[int], tf.data.Dataset]:
     """A function `start -> batches of every epoch from global batch index `start` on`.
 
@@ -108,6 +109,9 @@ def epoch_stream(
         epochs: how many epochs the stream holds.
         per_example: an optional map applied after shuffling, with its seed.
         bucket_boundaries: batch by length and cut padding (see `length_bucketed`).
+        class_weights: one weight per class id: batches become (features, targets,
+            sample_weight), which Keras' loss weighs by; part of the dataset, so it is split
+            across replicas with the batch under any tf.distribute strategy.
     """
     buffer = min(shuffle_buffer, count)
 
@@ -120,8 +124,14 @@ def epoch_stream(
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
         if bucket_boundaries:
-            return length_bucketed(shuffled, batch_size, list(bucket_boundaries), epoch_seed)
-        return shuffled.batch(batch_size)
+            batched = length_bucketed(shuffled, batch_size, list(bucket_boundaries), epoch_seed)
+        else:
+            batched = shuffled.batch(batch_size)
+        if class_weights is None:
+            return batched
+        weights = tf.constant(class_weights, tf.float32)
+        return batched.map(lambda features, targets: (features, targets,
+                                                      tf.gather(weights, targets)))
 
     stream = tf.data.Dataset.range(epochs).flat_map(epoch_batches)
     return lambda start: stream.skip(start).prefetch(tf.data.AUTOTUNE)

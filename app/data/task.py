@@ -12,14 +12,23 @@ from app.errors import DataError
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A classification task (with its label names) or a regression task."""
+    """A classification task (with its label names) or a regression task.
+
+    `positive_label` is the class binary F1 is computed for (None: the second label).
+    """
 
     kind: str
     label_names: tuple[str, ...] = ()
+    positive_label: str | None = None
 
     @property
     def num_outputs(self) -> int:
         return len(self.label_names) if self.kind == "classification" else 1
+
+    @property
+    def positive_index(self) -> int:
+        """The class id of `positive_label` (1 when unset)."""
+        return 1 if self.positive_label is None else self.label_names.index(self.positive_label)
 
     def targets(self, table: Table, column: str) -> np.ndarray:
         """Encode a label column: class ids, or float scores for regression."""
@@ -116,4 +125,32 @@ def load_task_data(data: DictConfig) -> tuple[TaskSpec, Split, Split]:
                 f"{labels[0]!r}; classification needs at least two"
             )
     task = TaskSpec(kind=data.task, label_names=labels)
-    return task, _to_split(train_table, data, task), _to_split(eval_table, data, task)
+    train = _to_split(train_table, data, task)
+    if len(labels) == 2 or data.positive_label is not None:
+        task = TaskSpec(kind=data.task, label_names=labels,
+                        positive_label=_positive_label(data, train_table, labels, train.targets))
+    return task, train, _to_split(eval_table, data, task)
+
+
+def _positive_label(data: DictConfig, table: Table, labels: tuple[str, ...],
+                    targets: np.ndarray) -> str:
+    """`data.positive_label`, checked against the labels; else the minority class of the
+    training split (the second label on a tie)."""
+    if data.positive_label is None:
+        counts = np.bincount(targets, minlength=2)
+        return labels[0] if counts[0] < counts[1] else labels[1]
+    if len(labels) != 2:
+        raise DataError(f"{table.path}: `data.positive_label` applies to two-class tasks; column "
+                        f"{data.label_column!r} has {len(labels)} labels {list(labels)}. "
+                        f"Received: {data.positive_label!r}")
+    if data.positive_label not in labels:
+        raise DataError(f"{table.path}: `data.positive_label` {data.positive_label!r} is not a "
+                        f"label of column {data.label_column!r}; expected one of {list(labels)}")
+    return data.positive_label
+
+
+def class_weights(task: TaskSpec, targets: np.ndarray) -> np.ndarray:
+    """`balanced` weights, one per class: n / (classes x examples of the class), as
+    scikit-learn's `compute_class_weight("balanced")`; they average 1 over the examples."""
+    counts = np.bincount(targets, minlength=task.num_outputs)
+    return (len(targets) / (task.num_outputs * counts)).astype("float32")

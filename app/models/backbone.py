@@ -13,7 +13,7 @@ from app.runtime.loading import load_backbone, load_heads
 log = logging.getLogger(__name__)
 
 # Keys of the `model` node that are not AlbertBackbone arguments.
-NON_BACKBONE_KEYS = ("preset", "classifier_dropout")
+NON_BACKBONE_KEYS = ("preset", "classifier_dropout", "learning_rate", "preset_learning_rate")
 # Keys that fix the shape of the weights: a preset's own values win, a differing one set on the
 # command line is an error.
 ARCHITECTURE_KEYS = ("num_layers", "num_heads", "num_groups", "num_inner_repetitions",

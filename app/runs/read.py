@@ -55,12 +55,14 @@ class Run:
 
     @property
     def task(self) -> TaskSpec:
-        """The run's task: kind from its config, label names from `labels.json`."""
+        """The run's task: kind from its config, label names from `labels.json`, binary F1's
+        positive label from `metrics.json` (the second label in runs that did not record one)."""
         if self.config is not None:
             kind = self.config.data.task
         else:
             kind = "classification" if self.label_names else "regression"
-        return TaskSpec(kind=kind, label_names=tuple(self.label_names))
+        return TaskSpec(kind=kind, label_names=tuple(self.label_names),
+                        positive_label=(self.metrics or {}).get("positive_label"))
 
 
 def is_alive(status: dict, now: datetime | None = None) -> bool:

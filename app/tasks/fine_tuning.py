@@ -6,10 +6,11 @@ from pathlib import Path
 
 import keras
 import keras_hub
+import numpy as np
 from omegaconf import DictConfig
 
 from app.data.pipeline import build_dataset, epoch_stream, tokenized
-from app.data.task import load_task_data
+from app.data.task import class_weights, load_task_data
 from app.models.backbone import check_sequence_length
 from app.models.classifier import build_task_model, task_loss, task_train_metrics
 from app.runs.export import export_run
@@ -17,7 +18,7 @@ from app.runs.layout import RunLayout
 from app.runs.record import write_json
 from app.tasks.base import TrainingData
 from app.tasks.tokenizer import build_tokenizer
-from app.training.callbacks import FullEvaluation
+from app.training.collapse import CollapseCheckedEvaluation, causes
 from app.training.optim import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,15 @@ class FineTuning:
         log.info("Task: %s, %d train / %d eval examples, labels %s", self.task.kind,
                  len(self.train_split), len(self.eval_split), list(self.task.label_names))
         write_json(layout.labels, list(self.task.label_names))
+        self.class_weights = None
+        if self.task.positive_label is not None:
+            log.info("Binary F1 of the positive label %r", self.task.positive_label)
+            self.extra_metrics["positive_label"] = self.task.positive_label
+        if self.cfg.data.class_weight == "balanced":
+            self.class_weights = class_weights(self.task, self.train_split.targets)
+            weights = dict(zip(self.task.label_names, self.class_weights.tolist(), strict=True))
+            log.info("Class weights (data.class_weight=balanced): %s", weights)
+            self.extra_metrics["class_weights"] = weights
 
     def build_tokenizer(self, layout: RunLayout) -> keras_hub.models.AlbertTokenizer:
         """The run's tokenizer (trained on the training texts unless given) and preprocessor."""
@@ -57,7 +67,8 @@ class FineTuning:
         batches = epoch_stream(tokenized(self.train_split, self.preprocessor),
                                len(self.train_split), cfg.trainer.batch_size,
                                cfg.data.shuffle_buffer, cfg.seed, cfg.trainer.epochs,
-                               bucket_boundaries=cfg.data.bucket_boundaries)
+                               bucket_boundaries=cfg.data.bucket_boundaries,
+                               class_weights=self.class_weights)
         steps = math.ceil(len(self.train_split) / cfg.trainer.batch_size)
         self.data = TrainingData(batches, len(self.train_split), steps)
         return self.data
@@ -78,10 +89,18 @@ class FineTuning:
         )
         return model
 
-    def build_evaluation(self, model: keras.Model) -> FullEvaluation:
-        """Task metrics (F1, MCC, correlations) on the whole eval split after every epoch."""
-        dataset = build_dataset(self.eval_split, self.preprocessor, self.cfg.trainer.batch_size)
-        return FullEvaluation(dataset, self.eval_split.targets, self.task, task_loss(self.task))
+    def build_evaluation(self, model: keras.Model) -> CollapseCheckedEvaluation:
+        """Task metrics (F1, MCC, correlations) on the whole eval split after every epoch,
+        and a check that the model does not predict one class (or score) for all of it."""
+        cfg = self.cfg
+        dataset = build_dataset(self.eval_split, self.preprocessor, cfg.trainer.batch_size)
+        counts = None
+        if self.task.kind == "classification":
+            counts = np.bincount(self.train_split.targets, minlength=self.task.num_outputs)
+        hint = causes(cfg.optimizer.learning_rate, self.tokenizer.vocabulary_size(), counts)
+        return CollapseCheckedEvaluation(dataset, self.eval_split.targets, self.task,
+                                         task_loss(self.task), cfg.trainer.on_collapse, hint,
+                                         self.extra_metrics)
 
     def export(self, model: keras.Model, layout: RunLayout) -> Path:
         """Preset, `.keras` and SavedModel, with the preprocessor attached."""

@@ -16,6 +16,23 @@ from app.runtime.loading import load_preset_tokenizer
 
 log = logging.getLogger(__name__)
 
+# `tokenizer.vocab_size: null` trains a vocabulary of half the training text's distinct words,
+# within these bounds (ALBERT's own vocabulary has 30000 pieces).
+MIN_VOCABULARY, MAX_VOCABULARY = 1000, 30000
+
+
+def vocabulary_size(texts: Iterable[str], lowercase: bool) -> tuple[int, int]:
+    """The vocabulary to train for these texts, and their number of distinct words.
+
+    Half the distinct whitespace-separated words (case-folded when `lowercase`), rounded down
+    to a multiple of 100, within [MIN_VOCABULARY, MAX_VOCABULARY].
+    """
+    words: set[str] = set()
+    for text in texts:
+        words.update((text.lower() if lowercase else text).split())
+    size = len(words) // 2 // 100 * 100
+    return min(max(size, MIN_VOCABULARY), MAX_VOCABULARY), len(words)
+
 
 def build_tokenizer(
     cfg: DictConfig, texts: Iterable[str], out_dir: Path
@@ -39,12 +56,19 @@ def build_tokenizer(
             shutil.copyfile(cfg.tokenizer.proto, out_dir / PROTO_FILE)
     else:
         settings = cfg.tokenizer
+        size = settings.vocab_size
+        if size is None:
+            texts = list(texts)  # read twice; SentencePiece holds them all in memory anyway
+            size, distinct = vocabulary_size(texts, settings.lowercase)
+            log.info("Vocabulary size %d: half the %d distinct words of the training texts, "
+                     "within [%d, %d] (tokenizer.vocab_size to choose)", size, distinct,
+                     MIN_VOCABULARY, MAX_VOCABULARY)
         log.info("Training a %s SentencePiece model (vocab <= %d) on the training texts",
-                 settings.model_type, settings.vocab_size)
+                 settings.model_type, size)
         train_sentencepiece(
             texts,
             out_dir / "spm",
-            vocab_size=settings.vocab_size,
+            vocab_size=size,
             model_type=settings.model_type,
             lowercase=settings.lowercase,
             character_coverage=settings.character_coverage,

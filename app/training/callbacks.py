@@ -39,6 +39,7 @@ class FullEvaluation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         outputs = self.model.predict(self.dataset, verbose=0).astype("float32")
+        self.outputs = outputs  # for checks of the predictions (app.training.collapse)
         loss = float(keras.ops.convert_to_numpy(self.loss(self.targets, outputs)))
         metrics = {"loss": loss, **evaluate_predictions(self.task, self.targets, outputs)}
         self.latest = {f"val_{name}": value for name, value in metrics.items()}
@@ -184,7 +185,7 @@ def flat_hparams(cfg: DictConfig) -> dict:
     flat = {"seed": cfg.seed, "data.name": cfg.data.name,
             "data.sequence_length": cfg.data.sequence_length}
     for prefix, node in nodes.items():
-        for key, value in OmegaConf.to_container(node).items():
+        for key, value in OmegaConf.to_container(node, resolve=True).items():
             if isinstance(value, bool | int | float | str):
                 flat[f"{prefix}.{key}"] = value
     return flat

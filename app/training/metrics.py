@@ -10,8 +10,8 @@ from app.data.task import TaskSpec
 def evaluate_predictions(task: TaskSpec, targets: np.ndarray, outputs: np.ndarray) -> dict:
     """Metrics of model outputs (logits, or scores for regression) against targets.
 
-    Classification: accuracy always; F1 and Matthews correlation for two classes, macro-F1
-    for more. Regression: MSE, Pearson and Spearman correlation.
+    Classification: accuracy always; F1 (of `task.positive_label`) and Matthews correlation
+    for two classes, macro-F1 for more. Regression: MSE, Pearson and Spearman correlation.
 
     Example:
         >>> evaluate_predictions(TaskSpec("classification", ("0", "1")), y, logits)["accuracy"]
@@ -27,7 +27,8 @@ def evaluate_predictions(task: TaskSpec, targets: np.ndarray, outputs: np.ndarra
     labels = list(range(task.num_outputs))
     result = {"accuracy": float(skm.accuracy_score(targets, predicted))}
     if task.num_outputs == 2:
-        result["f1"] = float(skm.f1_score(targets, predicted, labels=labels, zero_division=0))
+        result["f1"] = float(skm.f1_score(targets, predicted, labels=labels,
+                                          pos_label=task.positive_index, zero_division=0))
         result["mcc"] = float(skm.matthews_corrcoef(targets, predicted))
     else:
         result["macro_f1"] = float(

@@ -87,7 +87,8 @@ def build_optimizer(
         batches_per_update=batches_per_update,
     )
     args = {
-        k: v for k, v in OmegaConf.to_container(optimizer).items() if k not in NON_OPTIMIZER_KEYS
+        k: v for k, v in OmegaConf.to_container(optimizer, resolve=True).items()
+        if k not in NON_OPTIMIZER_KEYS
     }
     accumulation = batches_per_update if batches_per_update > 1 else None
     built = instantiate(args, key="optimizer", base=keras.optimizers.Optimizer,
