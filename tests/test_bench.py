@@ -16,11 +16,17 @@ QUICK = ["bench.windows=1", "bench.window_seconds=0.01", "bench.min_window_steps
 
 
 def _check(written: dict) -> None:
-    assert written["flops_per_step"] > 0
+    if written["config"].get("task") is None:  # mode=predict
+        return
     for loop in ("app", "bare_keras_hub"):
-        assert written[loop]["examples_per_second"] > 0
-        assert written[loop]["mfu"] > 0 and math.isfinite(written[loop]["mfu"])
-    assert written["app_over_bare"] > 0
+        for measure in ("examples_per_second", "padded_mfu", "real_mfu",
+                        "real_tokens_per_second", "padded_tokens_per_second"):
+            value = written[loop][measure]
+            assert 0 < value["min"] <= value["median"] <= value["max"], (loop, measure)
+            assert math.isfinite(value["max"])
+        assert written[loop]["real_mfu"]["median"] <= written[loop]["padded_mfu"]["median"]
+    assert len(written["window_seconds"]["app"]) == len(written["window_seconds"]["bare"])
+    assert written["app_over_bare"]["median"] > 0
     assert written["pipeline"]["cached_examples_per_second"] > 0
     assert written["startup_to_first_step_seconds"] > 0
     assert written["peak_rss_mb"] > 0
@@ -36,17 +42,76 @@ def run_bench(out: Path, *args: str) -> tuple[dict, str]:
     return report, result.stdout
 
 
-def test_bench_fine_tuning_on_synthetic_data(tmp_path):
+def test_bench_fine_tuning_with_bucketing_counts_real_tokens(tmp_path):
     report, stdout = run_bench(tmp_path / "bench", *TINY, f"data.dir={tmp_path / 'missing'}",
-                               "data.max_train_examples=256", *QUICK)
+                               "data.max_train_examples=256", "data.sequence_length=64",
+                               "data.bucket_boundaries=[32,48]", *QUICK,
+                               "bench.windows=2", "bench.min_window_steps=4")
     assert report["config"]["task"] == "classification"
+    assert report["config"]["bucket_boundaries"] == [32, 48]
+    assert len(report["window_seconds"]["app"]) == 2
+    batches = report["first_window_batches"]
+    # Bucket-cut batches: fewer padded tokens than full length, more than the real ones.
+    assert batches["real_tokens"] < batches["padded_tokens"] < batches["examples"] * 64
+    assert batches["real_flops"] < batches["padded_flops"]
     assert "app / bare" in stdout
+
+
+def test_bench_predict_times_both_bucketing_modes(tmp_path):
+    report, stdout = run_bench(tmp_path / "bench", "mode=predict", *TINY,
+                               f"data.dir={tmp_path / 'missing'}", "data.max_train_examples=64",
+                               "data.sequence_length=64", "bench.predict_copies=2",
+                               "bench.predict_batch_size=32", *QUICK)
+    assert report["examples"] == 2 * 500  # the synthetic dev.tsv, twice
+    tokens = report["tokens"]
+    assert tokens["bucketed"]["real_tokens"] == tokens["full_length"]["real_tokens"]
+    assert tokens["bucketed"]["padded_tokens"] < tokens["full_length"]["padded_tokens"]
+    assert tokens["full_length"]["padded_tokens"] == report["examples"] * 64
+    for loop in ("app_bucketed", "app_full_length", "bare_bucketed", "bare_full_length"):
+        assert report[loop]["examples_per_second"]["median"] > 0
+    assert report["app_bucketed_over_full_length"]["median"] > 0
+    assert "app bucketed / full length" in stdout
+
+
+def test_bare_loop_receives_the_apps_batches():
+    """Bucketed batches of every width come back from memory equal, with the app's spec."""
+    import numpy as np
+    import tensorflow as tf
+
+    from app.bench.bare import in_memory, take_batches
+    from app.data.pipeline import epoch_stream
+    from app.models.flops import batch_flops
+
+    count, length, batch = 100, 24, 8
+    lengths = np.random.default_rng(0).integers(3, length + 1, count)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    features = {"token_ids": mask * 7, "segment_ids": 0 * mask, "padding_mask": mask}
+    examples = tf.data.Dataset.from_tensor_slices((features, np.arange(count))).cache()
+    stream = epoch_stream(examples, count, batch, 1000, seed=7, epochs=1,
+                          bucket_boundaries=[8, 16])(0)
+    flops = {"model": {"num_layers": 1, "embedding_dim": 4, "hidden_dim": 8,
+                       "intermediate_dim": 16}}
+    taken, stats = take_batches(iter(stream), 10, flops)
+    expected = [tf.nest.map_structure(lambda t: t.numpy(), b) for b in stream.take(10)]
+    dataset = in_memory(taken, stream.element_spec)
+    assert dataset.element_spec == stream.element_spec
+    got = [tf.nest.map_structure(lambda t: t.numpy(), b) for b in dataset]
+    assert len({b[0]["token_ids"].shape[1] for b in got}) > 1  # several widths
+    for mine, theirs in zip(got, expected, strict=True):
+        for a, b in zip(tf.nest.flatten(mine), tf.nest.flatten(theirs), strict=True):
+            assert a.shape == b.shape and (a == b).all()
+    assert stats.examples == sum(len(b[1]) for b in expected)
+    assert stats.real_tokens == sum(int(b[0]["padding_mask"].sum()) for b in expected)
+    assert stats.padded_tokens == sum(b[0]["token_ids"].size for b in expected)
+    assert stats.padded_flops == sum(
+        batch_flops(lengths=b[0]["padding_mask"].sum(1), width=b[0]["token_ids"].shape[1],
+                    **flops)[0] for b in expected)
 
 
 def test_bench_pretraining_on_synthetic_corpus(tmp_path):
     report, _ = run_bench(tmp_path / "bench", *TINY, "data=text_corpus",
                           f"data.dir={tmp_path / 'missing'}", "data.max_train_examples=128",
-                          "data.max_predictions=4", *QUICK)
+                          "data.sequence_length=64", "data.max_predictions=4", *QUICK)
     assert report["config"]["task"] == "pretraining"
 
 

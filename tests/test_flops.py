@@ -1,9 +1,10 @@
-"""The analytic FLOP counter against hand counts and the built model's weights."""
+"""The analytic FLOP counter against hand counts, the built model's weights and a preset."""
 
 import keras_hub
 from omegaconf import OmegaConf
 
-from app.models.flops import albert_flops
+from app.models.backbone import build_backbone
+from app.models.flops import albert_flops, architecture, batch_flops
 
 TINY = {"num_layers": 2, "num_inner_repetitions": 1, "embedding_dim": 16, "hidden_dim": 32,
         "intermediate_dim": 64}
@@ -37,3 +38,31 @@ def test_encoder_count_is_twice_the_layer_kernels_per_token():
     assert count.encoder == TINY["num_layers"] * 2 * 8 * kernels
     projection = backbone.get_layer("embedding_projection").kernel.numpy().size
     assert count.embedding == 2 * 8 * projection
+
+
+def test_count_reads_the_architecture_of_a_preset_built_model(tmp_path):
+    """With `model.preset`, the count follows the preset's shape, not the `model` config's."""
+    shape = {"num_layers": 3, "num_inner_repetitions": 1, "embedding_dim": 8, "hidden_dim": 24,
+             "intermediate_dim": 40}
+    keras_hub.models.AlbertBackbone(vocabulary_size=50, max_sequence_length=16, num_heads=2,
+                                    **shape).save_to_preset(str(tmp_path / "preset"))
+    model = OmegaConf.create({**TINY, "preset": str(tmp_path / "preset"), "num_heads": 2,
+                              "num_groups": 1, "dropout": 0.0, "max_sequence_length": 16,
+                              "classifier_dropout": 0.0})
+    backbone = build_backbone(model, vocabulary_size=50)
+    assert architecture(backbone) == shape
+    count = albert_flops(architecture(backbone), sequence_length=8)
+    assert count.encoder == 3 * (2 * 8 * (4 * 24 * 24 + 2 * 24 * 40))
+    assert count.embedding == 2 * 8 * 8 * 24
+    assert count.forward != albert_flops(model, sequence_length=8).forward
+
+
+def test_batch_flops_counts_padded_and_real_tokens():
+    def training(length):
+        return albert_flops(TINY, sequence_length=length, num_outputs=2).training
+
+    padded, real = batch_flops(TINY, lengths=[3, 8, 3, 5], width=8)
+    assert padded == 4 * training(8)
+    assert real == 2 * training(3) + training(5) + training(8)
+    forward, _ = batch_flops(TINY, lengths=[8], width=8, training=False)
+    assert forward == albert_flops(TINY, sequence_length=8).forward

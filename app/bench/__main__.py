@@ -1,8 +1,9 @@
-"""`albert-bench` (or `python -m app.bench`): the app's training step against bare keras-hub.
+"""`albert-bench` (or `python -m app.bench`): the app's training or inference against keras-hub.
 
     albert-bench model=albert_base trainer.batch_size=8 data.sequence_length=128
     albert-bench experiment=pretrain_wikitext2 paths.data_dir=../shared/data \
         data.max_train_examples=2000 bench.windows=3
+    albert-bench mode=predict data=sst2 paths.data_dir=../shared/data bench.predict_copies=20
 
 Every albert-train override applies; `bench.<key>=<value>` sets the bench's own options
 (conf/bench.yaml). The job is built by the app's own task steps into
@@ -12,14 +13,22 @@ Every albert-train override applies; `bench.<key>=<value>` sets the bench's own 
 
 from pathlib import Path
 
-from app.bench.run import run_bench, table
+from app.bench import inference, run
+from app.errors import ConfigError
 from app.runtime.console import command
+
+MODES = {"train": (run.bench_training, run.table),
+         "predict": (inference.bench_predict, inference.table)}
 
 
 @command("bench")
 def main(cfg) -> dict:
-    """`albert-bench [overrides] [bench.<option>=<value>]`: print the table, write bench.json."""
-    report = run_bench(cfg)
+    """`albert-bench [mode=train|predict] [overrides] [bench.<option>=<value>]`: print the
+    table, write bench.json."""
+    if cfg.mode not in MODES:
+        raise ConfigError(f"`mode` must be one of {list(MODES)}. Received: {cfg.mode!r}")
+    bench, table = MODES[cfg.mode]
+    report = bench(cfg)
     print(table(report))
     print(f"bench.json: {Path(report['run_dir']).parent / 'bench.json'}")
     return report

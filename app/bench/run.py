@@ -1,27 +1,39 @@
-"""The bench itself: build the app's job with its own steps, time it against the bare loop.
+"""The training bench: build the app's job with its own steps, time it against a bare loop.
 
-Reports training throughput after warm-up (median of timed windows) of the app's `model.fit`
-with its per-batch callbacks and of a bare keras-hub model on pre-made random batches of the
-same shapes; model FLOPs per step and MFU against a matmul peak measured in this run; the input
-pipeline alone; start-up to the first step; peak resident memory.
+Times, in interleaved windows (app, bare, matmul peak, app, bare, ...: all under the same
+load), the app's `model.fit` with its per-batch callbacks and a bare keras-hub model fed the
+very batches the app's window ran (same shapes, lengths and contents, from memory); reports
+each measure as min / median / max over the windows: examples/s, tokens/s and MFU, counting
+padded tokens (the compute spent) and real ones (bucket-cut, unpadded). Also the input pipeline
+alone, start-up to the first step and peak resident memory.
 """
 
 import logging
 import os
 import resource
+import statistics
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from app.bench.bare import bare_model, random_batches
-from app.bench.timing import iterate, matmul_peak, time_windows, warm_up
+from app.bench.bare import BatchStats, bare_model, for_bare, in_memory, take_batches
+from app.bench.timing import (
+    BetweenWindows,
+    WindowTimer,
+    iterate,
+    matmul_peak,
+    spread,
+    warm_up,
+    window_steps,
+)
 from app.config.instantiate import check_config
 from app.config.validate import validate
 from app.data import synthetic
-from app.models.flops import albert_flops
+from app.models.flops import architecture
 from app.runs.layout import RunLayout
 from app.runs.record import write_json
 from app.runtime.strategy import build_strategy
@@ -79,32 +91,39 @@ def time_pipeline(cfg: DictConfig, run: RunLayout, scratch: RunLayout) -> dict:
     }
 
 
-def flops_per_step(cfg: DictConfig, vocabulary_size: int, num_outputs: int) -> int:
-    """Training FLOPs of one global batch (app.models.flops)."""
-    pretraining = cfg.data.task == "pretraining"
-    count = albert_flops(cfg.model, cfg.data.sequence_length, num_outputs=num_outputs,
-                         vocabulary_size=vocabulary_size,
-                         mask_positions=cfg.data.max_predictions if pretraining else 0)
-    return count.training * cfg.trainer.batch_size
-
-
-def _throughput(timing: dict, cfg: DictConfig, step_flops: int, peak: float) -> dict:
-    examples = cfg.trainer.batch_size / timing["step_seconds"]
+def flops_arguments(model, pretraining: bool, cfg: DictConfig) -> dict:
+    """What `batch_flops` needs besides the batch, read from the built model."""
     return {
-        **timing,
-        "examples_per_second": examples,
-        "tokens_per_second": examples * cfg.data.sequence_length,
-        "flops_per_second": step_flops / timing["step_seconds"],
-        "mfu": step_flops / timing["step_seconds"] / peak,
+        "model": architecture(model.backbone),
+        "num_outputs": 2 if pretraining else int(model.num_classes),
+        "vocabulary_size": model.backbone.vocabulary_size,
+        "mask_positions": cfg.data.max_predictions if pretraining else 0,
     }
 
 
-def run_bench(cfg: DictConfig) -> dict:
-    """Build the app's job, time it, the pipeline and a bare loop; return the report.
+def window_rates(seconds: float, stats: BatchStats, peak: float) -> dict:
+    """One timed window's throughput: examples and tokens per second, FLOP/s and MFU, padded
+    (compute spent) and real (unpadded tokens only)."""
+    return {
+        "seconds": seconds,
+        "examples_per_second": stats.examples / seconds,
+        "padded_tokens_per_second": stats.padded_tokens / seconds,
+        "real_tokens_per_second": stats.real_tokens / seconds,
+        "padded_flops_per_second": stats.padded_flops / seconds,
+        "real_flops_per_second": stats.real_flops / seconds,
+        "padded_mfu": stats.padded_flops / seconds / peak,
+        "real_mfu": stats.real_flops / seconds / peak,
+    }
 
-    Args:
-        cfg: the composed `conf/bench.yaml` (a training config plus `bench.*`).
-    """
+
+def summarize(windows: list[dict]) -> dict:
+    """min / median / max over windows of every measure of `window_rates`."""
+    return {key: spread([w[key] for w in windows]) for key in windows[0]}
+
+
+def prepare(cfg: DictConfig):
+    """The bench folder, the config (on synthetic data where needed) and the app's job, built
+    by the first steps of albert-train's flow (app.train) with the same calls."""
     options = cfg.bench
     out = Path(options.out or Path(cfg.paths.output_dir) / "bench"
                / f"{datetime.now():%Y-%m-%d_%H-%M-%S}")
@@ -113,8 +132,6 @@ def run_bench(cfg: DictConfig) -> dict:
     cfg = with_data(cfg, out)
     validate(cfg)
     check_config(cfg)
-    pretraining = cfg.data.task == "pretraining"
-    # The first steps of albert-train's flow (app.train), with the same calls.
     strategy = build_strategy(cfg.strategy)
     start_session(cfg)
     started = time.perf_counter()
@@ -124,9 +141,20 @@ def run_bench(cfg: DictConfig) -> dict:
     data = task.build_pipelines()
     with strategy.scope():
         model = task.build_model()
-    job_seconds = time.perf_counter() - started
-    vocabulary_size = model.backbone.vocabulary_size
-    num_outputs = 2 if pretraining else int(model.num_classes)
+    return out, run, cfg, strategy, task, data, model, time.perf_counter() - started
+
+
+def bench_training(cfg: DictConfig) -> dict:
+    """Build the app's job, time it against a bare loop on the same batches, and a matmul
+    peak, in interleaved windows; time the pipeline alone; return the report.
+
+    Args:
+        cfg: the composed `conf/bench.yaml` (a training config plus `bench.*`).
+    """
+    out, run, cfg, strategy, _, data, model, job_seconds = prepare(cfg)
+    options = cfg.bench
+    pretraining = cfg.data.task == "pretraining"
+    flops_args = flops_arguments(model, pretraining, cfg)
     spe = cfg.trainer.steps_per_execution
     app_callbacks = [
         ProgressLog(cfg.trainer.batch_size, data.steps_per_epoch, cfg.trainer.epochs,
@@ -135,47 +163,77 @@ def run_bench(cfg: DictConfig) -> dict:
                        cfg.trainer.checkpoint_every_minutes, cfg.trainer.keep_checkpoints, 0,
                        data.steps_per_epoch),
     ]
-    log.info("Timing the app's fit (%s)", type(model).__name__)
+    log.info("Warming up the app's fit (%s)", type(model).__name__)
     # The warm-up fit starts right after the build, as in albert-train: it measures start-up.
     step_seconds, startup = warm_up(model, data.batches(0).repeat(), spe, options,
                                     app_callbacks, first_step=True)
     log.info("Timing the input pipeline alone")
     pipeline = time_pipeline(cfg, run, RunLayout(out / "pipeline"))
-    log.info("Timing the app's fit")
-    app_timing = time_windows(model, data.batches(0).repeat(), step_seconds, spe, options,
-                              app_callbacks)
 
-    log.info("Timing a bare keras-hub loop on pre-made batches")
-    bare = bare_model(cfg, vocabulary_size, num_outputs, pretraining)
-    batches = random_batches(cfg, vocabulary_size, num_outputs, pretraining)
-    step_seconds, _ = warm_up(bare, batches, spe, options)
-    bare_timing = time_windows(bare, batches, step_seconds, spe, options)
+    log.info("Warming up a bare keras-hub loop on the app's batches")
+    spec = for_bare(data.batches(0).element_spec, pretraining)
+    with strategy.scope():
+        bare = bare_model(cfg, model.backbone, flops_args["num_outputs"], pretraining)
+    probe, _ = take_batches(iter(data.batches(0)), 2 * options.min_window_steps * spe, flops_args)
+    warm_up(bare, in_memory([for_bare(b, pretraining) for b in probe], spec), spe, options)
 
-    log.info("Measuring the float32 matmul peak")
-    size, seconds = options.matmul_size, options.matmul_seconds
-    peaks = {"float32": matmul_peak(size, seconds=seconds)}
+    steps = window_steps(step_seconds, spe, options)
+    # A second iterator over the app's stream, in step with the app's fit: after each app
+    # window it yields that window's batches, which the bare loop then runs from memory.
+    shadow = iter(data.batches(0).repeat())
+    windows = {"app": [], "bare": [], "peak": [], "stats": []}
+    timer = WindowTimer()
+
+    def between(epoch: int) -> None:
+        batches, stats = take_batches(shadow, steps, flops_args)
+        if epoch == 0:
+            return  # the untimed first window (retraces, pipeline start)
+        windows["app"].append(timer.seconds[-1])
+        windows["stats"].append(stats)
+        bare_timer = WindowTimer(from_first_batch=True)
+        bare.fit(in_memory([for_bare(b, pretraining) for b in batches], spec), epochs=1,
+                 steps_per_epoch=steps, callbacks=[bare_timer], shuffle=False, verbose=0)
+        windows["bare"].append(bare_timer.seconds[-1])
+        windows["peak"].append(matmul_peak(options.matmul_size, seconds=options.matmul_seconds))
+
+    log.info("Timing %d interleaved windows (app, bare, matmul peak) of %d steps",
+             options.windows, steps)
+    model.fit(data.batches(0).repeat(), epochs=options.windows + 1, steps_per_epoch=steps,
+              callbacks=[timer, *app_callbacks, BetweenWindows(between)], shuffle=False,
+              verbose=0)
+    app = [window_rates(s, st, p) for s, st, p in
+           zip(windows["app"], windows["stats"], windows["peak"], strict=True)]
+    bare_rates = [window_rates(s, st, p) for s, st, p in
+                  zip(windows["bare"], windows["stats"], windows["peak"], strict=True)]
+    ratios = [a / b for a, b in zip(windows["bare"], windows["app"], strict=True)]
+    peaks = {"float32": spread(windows["peak"])}
     if tf.config.list_physical_devices("GPU"):
-        peaks["gpu_float32"] = matmul_peak(size * 4, tf.float32, "/gpu:0", seconds)
-        peaks["gpu_bfloat16"] = matmul_peak(size * 4, tf.bfloat16, "/gpu:0", seconds)
-    peak = peaks["gpu_bfloat16" if "gpu_bfloat16" in peaks else "float32"]
-    step_flops = flops_per_step(cfg, vocabulary_size, num_outputs)
-    app = _throughput(app_timing, cfg, step_flops, peak)
-    bare_result = _throughput(bare_timing, cfg, step_flops, peak)
+        size, seconds = options.matmul_size * 4, options.matmul_seconds
+        peaks["gpu_float32"] = spread([matmul_peak(size, tf.float32, "/gpu:0", seconds)])
+        peaks["gpu_bfloat16"] = spread([matmul_peak(size, tf.bfloat16, "/gpu:0", seconds)])
+    total = windows["stats"][0]
     report = {
         "config": {
-            "model": OmegaConf.to_container(cfg.model), "data": cfg.data.name,
-            "task": cfg.data.task, "batch_size": cfg.trainer.batch_size,
-            "sequence_length": cfg.data.sequence_length,
+            "model": architecture(model.backbone), "preset": cfg.model.preset,
+            "data": cfg.data.name, "task": cfg.data.task,
+            "batch_size": cfg.trainer.batch_size, "sequence_length": cfg.data.sequence_length,
+            "bucket_boundaries": (OmegaConf.to_container(cfg.data.bucket_boundaries)
+                                  if cfg.data.get("bucket_boundaries") else None),
             "jit_compile": cfg.trainer.jit_compile, "steps_per_execution": spe,
-            "precision": cfg.trainer.precision, "vocabulary_size": vocabulary_size,
+            "precision": cfg.trainer.precision,
+            "vocabulary_size": flops_args["vocabulary_size"],
         },
-        "app": app,
-        "bare_keras_hub": bare_result,
-        "app_over_bare": app["examples_per_second"] / bare_result["examples_per_second"],
-        "flops_per_step": step_flops,
+        "window_steps": steps,
+        "windows": options.windows,
+        "app": summarize(app),
+        "bare_keras_hub": summarize(bare_rates),
+        # Same batches in both loops: the ratio of their speeds is that of their times.
+        "app_over_bare": spread(ratios),
+        "window_seconds": {"app": windows["app"], "bare": windows["bare"]},
+        "first_window_batches": asdict(total),
         "matmul_peak_flops_per_second": peaks,
         "pipeline": {**pipeline, "over_model": pipeline["first_pass_examples_per_second"]
-                     / app["examples_per_second"]},
+                     / statistics.median(a["examples_per_second"] for a in app)},
         "job_build_seconds": job_seconds,
         "startup_to_first_step_seconds": startup,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -186,30 +244,52 @@ def run_bench(cfg: DictConfig) -> dict:
     return report
 
 
+def spread_text(value: dict, fmt: str = "{:.1f}") -> str:
+    """`median (min-max)` of a spread."""
+    return (f"{fmt.format(value['median'])} ({fmt.format(value['min'])}-"
+            f"{fmt.format(value['max'])})")
+
+
 def table(report: dict) -> str:
-    """The report as a plain-text table."""
+    """The training report as a plain-text table (medians, with min-max over the windows)."""
     app, bare, pipe = report["app"], report["bare_keras_hub"], report["pipeline"]
     config = report["config"]
     model = config["model"]
+    first = report["first_window_batches"]
     rows = [
         ("model", f"L={model['num_layers']} H={model['hidden_dim']} E={model['embedding_dim']} "
                   f"I={model['intermediate_dim']} ({config['task']}, {config['data']})"),
-        ("batch x length", f"{config['batch_size']} x {config['sequence_length']}, jit "
-                           f"{config['jit_compile']}, steps/exec {config['steps_per_execution']}"),
-        ("app examples/s", f"{app['examples_per_second']:.1f} "
-                           f"({app['tokens_per_second']:.0f} tokens/s)"),
-        ("bare keras-hub examples/s", f"{bare['examples_per_second']:.1f} "
-                                      f"({bare['tokens_per_second']:.0f} tokens/s)"),
-        ("app / bare", f"{report['app_over_bare']:.3f}"),
-        ("FLOPs per step", f"{report['flops_per_step'] / 1e9:.2f} GFLOP"),
-        ("matmul peak", ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s"
-                                  for k, v in report["matmul_peak_flops_per_second"].items())),
-        ("MFU app / bare", f"{app['mfu']:.1%} / {bare['mfu']:.1%}"),
+        ("batch x length", f"{config['batch_size']} x {config['sequence_length']}, buckets "
+                           f"{config['bucket_boundaries']}, jit {config['jit_compile']}, "
+                           f"steps/exec {config['steps_per_execution']}"),
+        ("windows", f"{report['windows']} x {report['window_steps']} steps, interleaved "
+                    f"(app, bare, matmul peak); real/padded tokens "
+                    f"{first['real_tokens'] / first['padded_tokens']:.2f}"),
+        ("app examples/s", spread_text(app["examples_per_second"])),
+        ("bare keras-hub examples/s", spread_text(bare["examples_per_second"])),
+        ("app / bare", spread_text(report["app_over_bare"], "{:.3f}")),
+        ("app tokens/s real / padded", f"{spread_text(app['real_tokens_per_second'], '{:.0f}')}"
+                                       f" / {app['padded_tokens_per_second']['median']:.0f}"),
+        ("bare tokens/s real / padded",
+         f"{spread_text(bare['real_tokens_per_second'], '{:.0f}')}"
+         f" / {bare['padded_tokens_per_second']['median']:.0f}"),
+        ("matmul peak GFLOP/s", ", ".join(
+            f"{k} {spread_text({n: v / 1e9 for n, v in s.items()})}"
+            for k, s in report["matmul_peak_flops_per_second"].items())),
+        ("app MFU padded / real", f"{spread_text(app['padded_mfu'], '{:.1%}')} / "
+                                  f"{app['real_mfu']['median']:.1%}"),
+        ("bare MFU padded / real", f"{spread_text(bare['padded_mfu'], '{:.1%}')} / "
+                                   f"{bare['real_mfu']['median']:.1%}"),
         ("pipeline first pass", f"{pipe['first_pass_examples_per_second']:.0f} examples/s "
                                 f"({pipe['over_model']:.1f}x the model)"),
         ("pipeline cached epoch", f"{pipe['cached_examples_per_second']:.0f} examples/s"),
         ("start to first step", f"{report['startup_to_first_step_seconds']:.1f} s"),
         ("peak RSS", f"{report['peak_rss_mb']:.0f} MB"),
     ]
+    return format_rows(rows)
+
+
+def format_rows(rows: list[tuple[str, str]]) -> str:
+    """Aligned `name  value` lines."""
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -1,4 +1,4 @@
-"""Timing primitives of the bench: windows of one `fit`, an input pipeline, a matmul peak."""
+"""Timing primitives of the bench: windows of one `fit`, interleaving, a pipeline, a matmul peak."""
 
 import math
 import os
@@ -24,14 +24,28 @@ _IMPORTED = time.perf_counter()
 
 
 class WindowTimer(keras.callbacks.Callback):
-    """Wall time of each epoch (a timed window); with `first_step`, also the end of batch 1."""
+    """Wall time of each epoch (a timed window); with `first_step`, also the end of batch 1.
 
-    def __init__(self, first_step: bool = False):
+    Args:
+        first_step: record the process age at the end of the first batch (start-up).
+        from_first_batch: start each window at its first batch, not at the epoch's begin:
+            leaves out the iterator a new `fit` creates there (under a distribution strategy,
+            up to a second of Python per `fit` on a busy 2-core CPU, seen with py-spy), for a
+            loop timed in one `fit` per window.
+    """
+
+    def __init__(self, first_step: bool = False, from_first_batch: bool = False):
         super().__init__()
         self.seconds: list[float] = []
         self.first_step_age: float | None = None
-        if first_step:  # a batch hook makes fit synchronous: only for the warm-up
+        if from_first_batch:
+            self.on_train_batch_begin = self._first_batch_begin
+        if first_step:
             self.on_train_batch_end = self._first_batch_end
+
+    def _first_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.started = time.perf_counter()
 
     def _first_batch_end(self, batch, logs=None):
         if self.first_step_age is None:
@@ -44,7 +58,8 @@ class WindowTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self.started)
 
 
-def _window_steps(step_seconds: float, spe: int, options) -> int:
+def window_steps(step_seconds: float, spe: int, options) -> int:
+    """Batches in one timed window: about `options.window_seconds` long, whole executions."""
     steps = max(options.min_window_steps, math.ceil(options.window_seconds / step_seconds / spe))
     return steps * spe
 
@@ -59,20 +74,24 @@ def warm_up(model, dataset, spe: int, options, callbacks=(),
     return timer.seconds[1] / probe, timer.first_step_age
 
 
-def time_windows(model, dataset, step_seconds: float, spe: int, options,
-                 callbacks=()) -> dict:
-    """Time `options.windows` windows of one `fit` call, after one untimed window.
+class BetweenWindows(keras.callbacks.Callback):
+    """Calls `between(epoch)` at each epoch end of the app's `fit`: the other loops' windows run
+    there, right after each app window, so all of them share the same load (A B A B ...).
 
-    Every window is one Keras epoch of the same iterator (steps_per_epoch), so the input
-    pipeline is never restarted between windows.
+    Put it last: the app's own epoch-end work and its window timer come first.
     """
-    steps = _window_steps(step_seconds, spe, options)
-    timer = WindowTimer()
-    model.fit(dataset, epochs=options.windows + 1, steps_per_epoch=steps,
-              callbacks=[*callbacks, timer], shuffle=False, verbose=0)
-    windows = timer.seconds[1:]  # the first may still hold retraces / pipeline start
-    return {"window_steps": steps, "window_seconds": windows,
-            "step_seconds": statistics.median(windows) / steps}
+
+    def __init__(self, between):
+        super().__init__()
+        self.between = between
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.between(epoch)
+
+
+def spread(values: list[float]) -> dict:
+    """min, median and max of one measure over the timed windows."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
 def iterate(dataset: tf.data.Dataset, steps: int) -> tuple[float, int]:

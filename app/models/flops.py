@@ -1,4 +1,4 @@
-"""Analytic FLOP count of an ALBERT training step, from the model config.
+"""Analytic FLOP count of an ALBERT training step, from the architecture of a built model.
 
 Counts the matrix multiplications (2 FLOPs per multiply-add), as MFU conventions do: the
 embedding projection, each encoder layer's Q/K/V/output projections, feed-forward and attention
@@ -8,11 +8,13 @@ backward pass costs twice the forward (gradients for inputs and for weights), so
 step is 3x the forward.
 
 Example:
-    >>> count = albert_flops(cfg.model, sequence_length=128, num_outputs=2)
-    >>> count.training * batch_size   # FLOPs of one training step
+    >>> count = albert_flops(architecture(model.backbone), sequence_length=128, num_outputs=2)
+    >>> count.training * batch_size   # FLOPs of one training step of full-length examples
 """
 
 from dataclasses import dataclass
+
+import numpy as np
 
 BACKWARD_FACTOR = 2  # backward = 2x forward
 
@@ -49,8 +51,8 @@ def albert_flops(
     the `num_layers * num_inner_repetitions` layer calls is counted.
 
     Args:
-        model: the `model` config (num_layers, num_inner_repetitions, embedding_dim,
-            hidden_dim, intermediate_dim).
+        model: the architecture (num_layers, num_inner_repetitions, embedding_dim, hidden_dim,
+            intermediate_dim): `architecture(backbone)`, or a `model` config without a preset.
         sequence_length: tokens per example (padded length: the compute actually spent).
         num_outputs: classes of the classifier head (2 for the sentence-order head).
         vocabulary_size: the masked-LM output size (pretraining only).
@@ -68,3 +70,33 @@ def albert_flops(
         embed = model["embedding_dim"]
         heads += mask_positions * (2 * hidden * embed + 2 * embed * vocabulary_size)
     return FlopCount(embedding, encoder, attention, heads)
+
+
+def architecture(backbone) -> dict:
+    """The shape of a built AlbertBackbone (a preset's own, whatever the `model` config says)."""
+    config = backbone.get_config()
+    keys = ("num_layers", "num_inner_repetitions", "embedding_dim", "hidden_dim",
+            "intermediate_dim")
+    return {key: config[key] for key in keys}
+
+
+def batch_flops(model, lengths, width: int, num_outputs: int = 2, vocabulary_size: int = 0,
+                mask_positions: int = 0, training: bool = True) -> tuple[int, int]:
+    """FLOPs of one batch: (padded, real).
+
+    Padded: every example at the batch's `width` (the compute actually spent); real: each
+    example at its own length (`lengths`, its unpadded tokens), as if nothing were padded.
+
+    Args:
+        model: the architecture (see `albert_flops`).
+        lengths: tokens of each example (e.g. the row sums of `padding_mask`).
+        width: the batch's padded length.
+        training: forward + backward (else forward only).
+    """
+    def per_example(length: int) -> int:
+        count = albert_flops(model, int(length), num_outputs, vocabulary_size, mask_positions)
+        return count.training if training else count.forward
+
+    values, counts = np.unique(np.asarray(lengths, dtype=np.int64), return_counts=True)
+    real = sum(per_example(v) * int(c) for v, c in zip(values, counts, strict=True))
+    return per_example(width) * int(counts.sum()), real
