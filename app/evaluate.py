@@ -114,7 +114,7 @@ def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | 
 def main(cfg) -> None:
     """`albert-evaluate run=<run_dir> [input=<file>] [split=<name>] [key=value ...]`."""
     record = evaluate(cfg.run, cfg.input, cfg.split, cfg.checkpoint, cfg.batch_size,
-                      cfg.progress, cfg.data)
+                      cfg.progress, cfg.data, bucketing=cfg.bucketing)
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items()))
     print(f"{record['split']} ({record['num_examples']} examples): {metrics}")
 

@@ -118,7 +118,7 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
 def main(cfg) -> None:
     """`albert-predict run=<run_dir> input=<file> output=<file> [key=value ...]`."""
     predict(cfg.run, cfg.input, cfg.output, cfg.output_format, cfg.checkpoint, cfg.batch_size,
-            cfg.progress, cfg.data)
+            cfg.progress, cfg.data, bucketing=cfg.bucketing)
 
 
 if __name__ == "__main__":

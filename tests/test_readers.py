@@ -105,7 +105,7 @@ def test_bad_data_fails_the_run_before_training(tmp_path):
         train(compose_config(*TINY, "data=tsv", f"data.dir={tmp_path / 'data'}"), run_dir)
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "failed" and "bird" in status["error"]
-    assert sorted(p.name for p in run_dir.iterdir()) == ["status.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "status.json"]
 
 
 def test_sst2_reads_whole_glue_files():
