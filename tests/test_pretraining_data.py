@@ -13,14 +13,25 @@ from omegaconf import OmegaConf
 from app.data.pipeline import epoch_stream
 from app.data.pretraining.corpus import expand_files, iter_documents, split_sentences
 from app.data.pretraining.masking import NGramMasker
-from app.data.pretraining.pairs import SpecialIds, document_pairs, pack_pair
+from app.data.pretraining.pairs import (
+    RecentSentences,
+    SpecialIds,
+    document_pairs,
+    iter_examples,
+    pack_pair,
+)
 from app.data.pretraining.pipeline import (
     corpus_documents,
     masked_eval_batches,
     pretraining_examples,
     special_ids,
 )
-from app.data.pretraining.sentence_order import SOP_SWAPPED, draw_sentence_order, order_and_mask
+from app.data.pretraining.sentence_order import (
+    SOP_SWAPPED,
+    count_pair_kinds,
+    draw_sentence_order,
+    order_and_mask,
+)
 from app.data.tokenizer import SPECIAL_PIECES, train_sentencepiece
 from app.errors import ConfigError, DataError
 
@@ -109,6 +120,122 @@ def test_pairs_keep_document_order_within_length():
     assert pairs > 300
 
 
+def numbered_document(rng, first: int, count: int, low: int = 2, high: int = 30):
+    """Sentences whose ids say where they come from: sentence k holds 1000k, 1000k+1, ..."""
+    return [list(range(1000 * k, 1000 * k + int(rng.integers(low, high))))
+            for k in range(first, first + count)]
+
+
+def test_whole_sentences_packed_and_the_overflowing_sentence_starts_the_next_chunk():
+    rng = np.random.default_rng(0)
+    max_tokens, ordered, random_b = 40, 0, 0
+    for _ in range(100):
+        document = numbered_document(rng, 1, 12)
+        recent = RecentSentences()
+        recent.add(numbered_document(rng, 50, 5))
+        chunks = []  # the document's sentences (numbers) in each pair
+        for pair in document_pairs(document, max_tokens, 0.0, rng, recent):
+            a, b = pair  # still unpacks as (A, B)
+            assert a and b and len(a) + len(b) <= max_tokens
+            if pair.random_next:
+                random_b += 1
+                # One sentence of this document; cut only if the random B did not fit.
+                assert a == document[a[0] // 1000 - 1] or pair.trimmed
+                assert len({t // 1000 for t in a}) == 1 and min(b) >= 50_000
+                chunks.append([a[0] // 1000])
+            else:
+                ordered += 1
+                assert not pair.trimmed and max(a) < min(b)
+                numbers = sorted({t // 1000 for t in a + b})
+                assert a + b == [t for k in numbers for t in document[k - 1]]  # whole sentences
+                chunks.append(numbers)
+        # Each sentence in one pair, in order: nothing skipped or repeated.
+        assert [k for c in chunks for k in c] == list(range(1, 13))
+        for chunk, following in zip(chunks, chunks[1:], strict=False):
+            # A chunk closes only before a sentence that would overflow it; that sentence
+            # starts the next chunk.
+            assert sum(len(document[k - 1]) for k in [*chunk, following[0]]) > max_tokens
+    assert ordered > 200 and random_b > 20
+
+
+def test_only_a_single_over_long_sentence_is_trimmed_and_gets_a_random_b():
+    rng = np.random.default_rng(1)
+    recent = RecentSentences()
+    recent.add(numbered_document(rng, 500, 6, low=3, high=8))
+    document = [list(range(1000, 1010)), list(range(2000, 2090)), list(range(3000, 3010))]
+    pairs = list(document_pairs(document, 40, 0.0, rng, recent))
+    assert [(p.trimmed, p.random_next) for p in pairs] == [(False, True), (True, True),
+                                                           (False, True)]
+    long_a = pairs[1].a
+    assert len(long_a) + len(pairs[1].b) == 40 and len(long_a) >= 20
+    assert long_a == list(range(long_a[0], long_a[0] + len(long_a)))  # one piece of it
+    assert pairs[0].a == document[0] and pairs[2].a == document[2]
+
+
+def test_random_b_is_whole_sentences_of_one_earlier_document():
+    rng = np.random.default_rng(2)
+    documents = [numbered_document(rng, 100 * d, int(rng.integers(1, 6)), high=12)
+                 for d in range(300)]
+    ids = SpecialIds(pad=0, cls=2, sep=3, mask=4)
+    sentences = {s[0]: s for d in documents for s in d}
+    random_pairs = 0
+    for example in iter_examples(documents, 24, ids, 0.1, seed=3):
+        tokens = example["token_ids"][example["padding_mask"] == 1].tolist()
+        first_sep = tokens.index(3)
+        a, b = tokens[1:first_sep], tokens[first_sep + 1:-1]
+        if not example["random_next"]:
+            assert a[0] // 100_000 == b[-1] // 100_000  # one document
+            continue
+        random_pairs += 1
+        assert b[0] // 100_000 < a[0] // 100_000  # from an earlier document
+        if not example["trimmed"]:
+            assert b[0] in sentences and b[0] % 1000 == 0  # starts a sentence
+            rebuilt, start = [], b[0]
+            while len(rebuilt) < len(b):
+                rebuilt += sentences[start]
+                start += 1000
+            assert rebuilt == b and start // 100_000 == b[0] // 100_000  # whole, one document
+    assert random_pairs > 100
+    # Reproducible from the seed, and another seed draws other pairs.
+    first = [e["token_ids"].tolist() for e in iter_examples(documents, 24, ids, 0.1, seed=3)]
+    again = [e["token_ids"].tolist() for e in iter_examples(documents, 24, ids, 0.1, seed=3)]
+    other = [e["token_ids"].tolist() for e in iter_examples(documents, 24, ids, 0.1, seed=4)]
+    assert first == again and first != other
+
+
+def test_trimming_breaks_length_ties_at_random():
+    cut = collections.Counter()
+    for seed in range(200):
+        recent = RecentSentences()
+        recent.add([list(range(500, 521))])
+        (pair,) = document_pairs([list(range(100, 121))], 41, 0.0, np.random.default_rng(seed),
+                                 recent)
+        assert pair.trimmed and len(pair.a) + len(pair.b) == 41
+        cut["a" if len(pair.a) == 20 else "b"] += 1
+    assert min(cut.values()) > 60, cut
+
+
+def test_random_b_pairs_are_never_in_order_and_never_reach_the_model_inputs(processor):
+    documents = synthetic_documents(150, seed=6) + [[s] for s in synthetic_documents(50, 7)[0]]
+    data = corpus_config(sequence_length=64)
+    examples, count = pretraining_examples(lambda: iter(documents), processor, data, seed=1)
+    kinds = count_pair_kinds(examples)
+    assert kinds["random_next"] > 20 and kinds["whole"] > 20 and sum(kinds.values()) >= count
+    flags = [e["random_next"] for e in examples.as_numpy_iterator()]
+    masker = NGramMasker([processor.id_to_piece(i) for i in range(processor.get_piece_size())],
+                         max_predictions=4)
+    labels = np.concatenate(
+        [y["sop"] for x, y, _ in masked_eval_batches(examples, masker, 16, 1).as_numpy_iterator()])
+    assert (labels[np.array(flags) == 1] == SOP_SWAPPED).all()
+    assert 0.4 < labels[np.array(flags) == 0].mean() < 0.6
+    model_inputs = {"token_ids", "segment_ids", "padding_mask", "mask_positions"}
+    stream = epoch_stream(examples, count, 16, 100, 1, 1, per_example=order_and_mask(masker))
+    x, y, weights = next(iter(stream(0)))
+    assert set(x) == model_inputs and set(y) == set(weights) == {"mlm", "sop"}
+    x, _, _ = next(iter(masked_eval_batches(examples, masker, 16, 1)))
+    assert set(x) == model_inputs
+
+
 def test_sentence_order_is_half_swapped_swaps_really_swap_and_change_each_epoch():
     ids = SpecialIds(pad=0, cls=2, sep=3, mask=4)
     rng = np.random.default_rng(0)
@@ -163,14 +290,16 @@ def test_pack_pair_layout():
 VOCAB = list(SPECIAL_PIECES) + [f"\u2581w{i}" for i in range(215)] + [f"c{i}" for i in range(30)]
 
 
-def random_examples(count: int, length: int, seed: int):
-    """Packed [CLS] A [SEP] B [SEP] examples with padding, ids drawn from VOCAB's normal pieces."""
+def random_examples(count: int, length: int, seed: int, full: bool = False):
+    """Packed [CLS] A [SEP] B [SEP] examples with padding (none if `full`), ids drawn from
+    VOCAB's normal pieces."""
     rng = np.random.default_rng(seed)
     ids = SpecialIds(pad=0, cls=2, sep=3, mask=4)
     rows = []
     for _ in range(count):
         size_a = int(rng.integers(length // 6, length // 2))
-        size_b = int(rng.integers(length // 6, length - 3 - size_a))
+        size_b = length - 3 - size_a if full else int(
+            rng.integers(length // 6, length - 3 - size_a))
         a, b = rng.integers(5, len(VOCAB), size_a), rng.integers(5, len(VOCAB), size_b)
         rows.append(pack_pair(a.tolist(), b.tolist(), length, ids))
     return {name: np.stack([r[i] for r in rows]) for i, name in
@@ -227,6 +356,41 @@ def test_ngram_spans_follow_one_over_n():
     observed = {n: lengths[n] / total for n in (1, 2, 3)}
     assert set(lengths) == {1, 2, 3} and total > 2000
     assert all(abs(observed[n] - expected[n]) < 0.035 for n in (1, 2, 3)), observed
+
+
+@pytest.mark.parametrize(("length", "max_predictions"), [(64, 10), (128, 20)])
+def test_ngram_masking_statistics_at_the_shipped_settings(length, max_predictions):
+    """Full sequences, where 15% of the tokens comes close to `max_predictions`."""
+    masker = NGramMasker(VOCAB, masked_lm_prob=0.15, max_predictions=max_predictions)
+    examples = random_examples(400, length, seed=6, full=True)
+    x, y, weights = mask_all(masker, examples, seed=7)
+    original, chosen = examples["token_ids"], weights["mlm"].astype(bool)
+    maskable = (original >= len(SPECIAL_PIECES)) & (examples["padding_mask"] == 1)
+    target = np.minimum(0.15 * maskable.sum(axis=1), max_predictions)
+    # 15% of the tokens, capped by max_predictions: every sequence comes close to its target
+    # (a span too long for what is left must not block the shorter spans after it).
+    per_sequence = chosen.sum(axis=1)
+    assert (per_sequence <= max_predictions).all()
+    assert (per_sequence > target - 2).all(), np.sort(per_sequence - target)[:10]
+    assert 0.96 < per_sequence.sum() / target.sum() < 1.03, per_sequence.sum() / target.sum()
+    rows = np.nonzero(chosen)[0]
+    positions = x["mask_positions"][chosen]
+    assert maskable[rows, positions].all()
+    assert (y["mlm"][chosen] == original[rows, positions]).all()
+    replaced = x["token_ids"][rows, positions]
+    same = replaced == original[rows, positions]
+    assert abs(np.mean(replaced == 4) - 0.8) < 0.04 and abs(np.mean(same) - 0.1) < 0.03
+    # n-gram lengths still follow P(n) ~ 1/n.
+    select = tf.function(masker.select_spans)
+    lengths = collections.Counter()
+    for i in range(len(original)):
+        _, words, spans = select(original[i], examples["segment_ids"][i],
+                                 tf.constant([i, 8], tf.int64))
+        lengths.update(words.numpy()[spans.numpy()].tolist())
+    total = sum(lengths.values())
+    observed = {n: lengths[n] / total for n in (1, 2, 3)}
+    assert all(abs(observed[n] - (1 / n) / (1 + 1 / 2 + 1 / 3)) < 0.04 for n in (1, 2, 3)), \
+        observed
 
 
 def test_whole_words_masked_and_max_predictions_respected():
@@ -286,10 +450,13 @@ def test_masks_reproducible_from_seed_fresh_each_epoch_and_resumable(processor):
 
 
 def test_sop_labels_in_pipeline_are_balanced(processor):
-    dataset, count = pipeline(synthetic_documents(150, seed=2), processor, seed=3,
-                              training=False)
+    documents, data = synthetic_documents(150, seed=2), corpus_config(sequence_length=128)
+    dataset, count = pipeline(documents, processor, seed=3, training=False, data=data)
     labels = np.concatenate([y["sop"] for _, y, _ in dataset.as_numpy_iterator()])
-    assert len(labels) == count and abs(labels.mean() - 0.5) < 0.1
+    examples, _ = pretraining_examples(lambda: iter(documents), processor, data, seed=3)
+    ordered = np.array([e["random_next"] == 0 for e in examples.as_numpy_iterator()])
+    assert len(labels) == count and ordered.mean() > 0.8
+    assert abs(labels[ordered].mean() - 0.5) < 0.1
 
 
 def test_holdout_documents_split_the_corpus(tmp_path):
@@ -310,6 +477,13 @@ def test_corpus_of_single_sentence_documents_is_a_clear_error(processor):
     documents = [[s] for d in synthetic_documents(20, seed=4) for s in d]
     with pytest.raises(DataError, match="none of its 1[0-9]+ documents has two or more"):
         pipeline(documents, processor, seed=1)
+
+
+def test_sentences_too_long_for_any_pair_are_a_clear_error(processor):
+    with pytest.raises(DataError, match="no two consecutive sentences fit together in "
+                                        "`data.sequence_length` 12"):
+        pipeline(synthetic_documents(20, seed=4), processor, seed=1,
+                 data=corpus_config(sequence_length=12))
 
 
 def test_tokenizer_without_mask_piece_is_a_clear_error(tmp_path):

@@ -25,8 +25,11 @@ PRETRAIN = [
     *TINY,
     "experiment=pretrain_wikitext2",
     "data=text_corpus",
-    "data.sequence_length=32",
-    "data.max_predictions=6",
+    "data.sequence_length=64",  # whole sentences: two of the synthetic ones fit
+    "data.max_predictions=10",
+    # One eval batch: val_mlm_loss (a mean of per-batch means) is then exactly log perplexity
+    # (a mean over predictions), whatever the number of predictions per sequence.
+    "data.max_eval_examples=16",
     "trainer.epochs=3",
     "optimizer.learning_rate=0.05",
 ]
@@ -56,9 +59,20 @@ def test_tiny_pretraining_run_loss_falls(pretrained):
                  "export/preset/model.weights.h5"):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
+    subsets = {f"val_sop_accuracy_{kind}": kind for kind in ("whole", "trimmed", "random_next")}
     assert set(metrics["final"]) == {"val_loss", "val_mlm_loss", "val_sop_loss",
-                                     "val_mlm_accuracy", "val_mlm_perplexity", "val_sop_accuracy"}
-    assert all(math.isfinite(v) for v in metrics["final"].values())
+                                     "val_mlm_accuracy", "val_mlm_perplexity", "val_sop_accuracy",
+                                     *subsets}
+    assert metrics["eval_pairs"]["whole"] > 0 and metrics["train_pairs"]["whole"] > 0
+    for name, value in metrics["final"].items():
+        # A SOP subset the eval set lacks is NaN; every other value is a number.
+        empty = name in subsets and metrics["eval_pairs"][subsets[name]] == 0
+        assert math.isnan(value) if empty else math.isfinite(value), (name, value)
+    counts = {kind: metrics["eval_pairs"][kind] for kind in ("whole", "random_next")}
+    # The subsets' accuracies average to the overall one (whole and random B are disjoint).
+    if metrics["eval_pairs"]["trimmed"] == 0:
+        assert sum(metrics["final"][f"val_sop_accuracy_{k}"] * n for k, n in counts.items()) \
+            / sum(counts.values()) == pytest.approx(metrics["final"]["val_sop_accuracy"], abs=1e-5)
     losses = metrics["history"]["loss"]
     assert losses[-1] < losses[0]
     assert metrics["final"]["val_mlm_loss"] < metrics["initial"]["val_mlm_loss"] - 0.3

@@ -29,8 +29,8 @@ PACKAGES = ("tensorflow", "tensorflow-text", "keras", "keras-hub", "hydra-core",
 # Config keys that hold a path. In the run folder's config.yaml each is absolute, or relative to
 # the run folder when it points inside it, so the folder works from any working directory and
 # after a move (see app.runs.read.load_config).
-PATH_KEYS = ("paths.data_dir", "paths.output_dir", "data.dir", "tokenizer.proto", "model.preset",
-             "resume")
+PATH_KEYS = ("paths.data_dir", "paths.output_dir", "data.dir", "data.prepared", "tokenizer.proto",
+             "model.preset", "resume")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,8 @@ from pathlib import Path
 import keras
 import keras_hub
 import sentencepiece
-from omegaconf import DictConfig
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
 
 from app.data.pipeline import epoch_stream
 from app.data.pretraining.corpus import expand_files
@@ -24,8 +25,20 @@ from app.data.pretraining.pipeline import (
     pretraining_examples,
     special_ids,
 )
-from app.data.pretraining.sentence_order import order_and_mask
-from app.errors import DataError
+from app.data.pretraining.sentence_order import (
+    SOP_SUBSETS,
+    count_pair_kinds,
+    order_and_mask,
+    pair_kinds,
+)
+from app.data.pretraining.shards import (
+    check_run_source,
+    eval_batches,
+    eval_examples,
+    open_prepared,
+    pipeline_stream,
+)
+from app.errors import ConfigError, DataError
 from app.models.backbone import build_backbone, check_sequence_length, load_preset_heads
 from app.models.pretrainer import (
     AlbertPretrainer,
@@ -48,6 +61,16 @@ def _corpus_files(data: DictConfig) -> tuple[list[Path], list[Path] | None]:
     if not data.eval_file:
         return train_files, None
     return train_files, expand_files(data.dir, data.eval_file, "data.eval_file")
+
+
+def _input_workers() -> int:
+    """The workers (input pipelines) of the strategy in scope: its cluster's chief and
+    workers, 1 without a cluster."""
+    resolver = tf.distribute.get_strategy().cluster_resolver
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, sum(len(cluster.get(job, [])) for job in ("chief", "worker")))
 
 
 def build_masker(tokenizer, data: DictConfig) -> NGramMasker:
@@ -76,6 +99,39 @@ def _examples(cfg: DictConfig, processor) -> tuple:
     return train, num_train, evaluation, num_eval
 
 
+class PretrainingEvaluation(CompiledEvaluation):
+    """The compiled metrics, plus SOP accuracy on each kind of pair: `val_sop_accuracy_whole`
+    (consecutive whole sentences), `_trimmed` (a sentence cut) and `_random_next` (B from
+    another document); NaN for a kind the eval set lacks.
+
+    Args:
+        batches: the eval batches, (x, y, sample weights).
+        kinds: batches of `pair_kinds` aligned with `batches`.
+    """
+
+    def __init__(self, batches: tf.data.Dataset, kinds: tf.data.Dataset):
+        super().__init__(batches)
+        self.kinds = kinds
+        self._model = self._sop_logits = None
+
+    def evaluate(self, model: keras.Model) -> dict[str, float]:
+        """`val_*` metrics of `model`; the SOP subsets are counted on this process's devices,
+        outside the distribution strategy (the eval set in full on every worker)."""
+        results = super().evaluate(model)
+        if self._model is not model:
+            self._model = model
+            self._sop_logits = tf.function(lambda x: model(x, training=False)["sop"])
+        correct, total = dict.fromkeys(SOP_SUBSETS, 0), dict.fromkeys(SOP_SUBSETS, 0)
+        for (x, y, _), kinds in tf.data.Dataset.zip(self.dataset, self.kinds):
+            right = tf.argmax(self._sop_logits(x), axis=-1, output_type=tf.int32) == y["sop"]
+            for kind in SOP_SUBSETS:
+                correct[kind] += int(tf.math.count_nonzero(right & kinds[kind]))
+                total[kind] += int(tf.math.count_nonzero(kinds[kind]))
+        return {**results, **{f"val_sop_accuracy_{kind}":
+                              correct[kind] / total[kind] if total[kind] else math.nan
+                              for kind in SOP_SUBSETS}}
+
+
 class Pretraining:
     """Text corpus -> tokenizer -> packed sentence pairs, masked per epoch -> MLM + SOP model.
 
@@ -90,6 +146,10 @@ class Pretraining:
     def read_data(self, layout: RunLayout) -> None:
         """Find the corpus files; a corpus without a sentence fails here, before any work."""
         data = self.cfg.data
+        if data.prepared:  # checked up front: manifest, tokenizer file, shard sizes and hashes
+            self.corpus = open_prepared(data.prepared, data.sequence_length, data.verify_shards)
+            self.run_dir = layout.root
+            return
         self.train_files, _ = _corpus_files(data)
         if next(corpus_sentences(self.train_files, data), None) is None:
             raise DataError(f"The training corpus has no text: `data.train_file` "
@@ -98,8 +158,15 @@ class Pretraining:
 
     def build_tokenizer(self, layout: RunLayout) -> keras_hub.models.AlbertTokenizer:
         """The run's tokenizer (trained on the corpus unless given) and the n-gram masker."""
-        sentences = corpus_sentences(self.train_files, self.cfg.data)
-        self.tokenizer = build_tokenizer(self.cfg, sentences, layout.tokenizer_dir)
+        if self.cfg.data.prepared:  # the prepared folder's, or the same one given elsewhere
+            proto = self.cfg.tokenizer.proto or str(self.corpus.tokenizer_path)
+            cfg = OmegaConf.merge(self.cfg, {"tokenizer": {"proto": proto}})
+            self.tokenizer = build_tokenizer(cfg, [], layout.tokenizer_dir)
+            self.corpus.check_tokenizer(self.tokenizer.proto, f"`tokenizer.proto` "
+                                        f"{cfg.tokenizer.proto!r} or `model.preset`")
+        else:
+            sentences = corpus_sentences(self.train_files, self.cfg.data)
+            self.tokenizer = build_tokenizer(self.cfg, sentences, layout.tokenizer_dir)
         self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.tokenizer.proto)
         special_ids(self.processor, "the run's tokenizer")
         self.masker = build_masker(self.tokenizer, self.cfg.data)
@@ -108,18 +175,49 @@ class Pretraining:
     def build_pipelines(self) -> TrainingData:
         """Read, tokenize and pack the corpus once (cached); order and masks drawn per epoch."""
         cfg = self.cfg
+        if cfg.data.prepared:
+            return self._prepared_pipelines()
         train, num_train, self.eval_examples, num_eval = _examples(cfg, self.processor)
         log.info("Pretraining on %d examples, evaluating on %d", num_train, num_eval)
-        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval)
+        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval,
+                                  train_pairs=count_pair_kinds(train),
+                                  eval_pairs=count_pair_kinds(self.eval_examples))
+        log.info("Pair kinds (whole / trimmed / random B): training %s, eval %s",
+                 self.extra_metrics["train_pairs"], self.extra_metrics["eval_pairs"])
         batches = epoch_stream(train, num_train, cfg.trainer.batch_size, cfg.data.shuffle_buffer,
                                cfg.seed, cfg.trainer.epochs,
                                per_example=order_and_mask(self.masker))
         self.data = TrainingData(batches, num_train, math.ceil(num_train / cfg.trainer.batch_size))
         return self.data
 
+    def _prepared_pipelines(self) -> TrainingData:
+        """Stream the prepared shards (see app.data.pretraining.shards); sentence order and
+        masks drawn per example from (seed, epoch, example id)."""
+        cfg = self.cfg
+        stream = pipeline_stream(self.corpus, cfg.trainer.batch_size, cfg.data.shuffle_buffer,
+                                 cfg.data.shard_group_size, cfg.seed, order_and_mask(self.masker))
+        examples, num_eval = eval_examples(self.corpus)
+        self.eval_examples = examples.map(lambda example_id, features: features)
+        self.eval_batches = eval_batches(examples, order_and_mask(self.masker),
+                                         cfg.trainer.batch_size, cfg.seed)
+        num_train = int(stream.counts.sum())
+        log.info("Pretraining on %d prepared examples in %d shards (groups of %d), evaluating on "
+                 "%d", num_train, len(stream.paths), stream.group_size, num_eval)
+        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval)
+        self.data = TrainingData(lambda start: stream(start, cfg.trainer.epochs), num_train,
+                                 stream.steps_per_epoch)
+        return self.data
+
     def build_model(self) -> keras.Model:
         """The compiled AlbertPretrainer; call under the strategy's scope."""
         cfg = self.cfg
+        if cfg.data.prepared:  # a resume: the corpus and worker count the run started with
+            check_run_source(self.run_dir, self.corpus, _input_workers(), bool(cfg.resume))
+        if cfg.data.prepared and isinstance(tf.distribute.get_strategy(),
+                                            tf.distribute.MultiWorkerMirroredStrategy):
+            raise ConfigError("`data.prepared` does not run under MultiWorkerMirroredStrategy "
+                              "yet (each worker reading its own shards is not wired into "
+                              "training); expected one worker, or `data=text_corpus`")
         model = AlbertPretrainer(build_backbone(cfg.model, self.tokenizer.vocabulary_size()))
         load_preset_heads(model, cfg.model)
         check_sequence_length(model.backbone, cfg.data.sequence_length)
@@ -134,11 +232,13 @@ class Pretraining:
         )
         return model
 
-    def build_evaluation(self, model: keras.Model) -> CompiledEvaluation:
+    def build_evaluation(self, model: keras.Model) -> PretrainingEvaluation:
         """MLM and SOP metrics on fixed masks after every epoch; also records them before."""
-        batches = masked_eval_batches(self.eval_examples, self.masker, self.cfg.trainer.batch_size,
-                                      self.cfg.seed)
-        evaluation = CompiledEvaluation(batches)
+        batch_size = self.cfg.trainer.batch_size
+        batches = (self.eval_batches if self.cfg.data.prepared else
+                   masked_eval_batches(self.eval_examples, self.masker, batch_size, self.cfg.seed))
+        evaluation = PretrainingEvaluation(batches,
+                                           self.eval_examples.map(pair_kinds).batch(batch_size))
         self.extra_metrics["initial"] = evaluation.evaluate(model)
         return evaluation
 

@@ -106,12 +106,30 @@ class NGramMasker:
         score = tf.where(exists, tf.random.stateless_uniform([num_spans], order_seed), 2.0)
         order = tf.argsort(score)
         counts = tf.gather(tokens_per_span, order)
-        before = tf.cumsum(counts, exclusive=True)
-        chosen = (tf.gather(exists, order) & (tf.cast(before, tf.float32) < threshold)
-                  & (before + counts <= self.max_predictions))
+        chosen = self._take_in_order(counts, tf.reduce_sum(tf.cast(exists, tf.int32)), threshold)
         span_chosen = tf.gather(chosen, tf.argsort(order))
         token_chosen = tf.gather(tf.concat([span_chosen, [False]], axis=0), span)
         return token_chosen, words_per_span, span_chosen
+
+    def _take_in_order(self, counts, num_existing, threshold):
+        """Spans taken, visiting `counts` (tokens per span, existing spans first) in order.
+
+        A span is taken while the tokens taken so far are below `threshold` and it fits in
+        `max_predictions` with them. Only taken spans count: a span too long for what is left
+        is skipped and a shorter one after it can still be taken.
+        """
+
+        def visit(index, taken, chosen):
+            fits = taken + counts[index] <= self.max_predictions
+            chosen = tf.tensor_scatter_nd_update(chosen, [[index]], [fits])
+            return index + 1, taken + tf.where(fits, counts[index], 0), chosen
+
+        def more(index, taken, chosen):
+            return (index < num_existing) & (tf.cast(taken, tf.float32) < threshold)
+
+        _, _, chosen = tf.while_loop(
+            more, visit, (tf.constant(0), tf.constant(0), tf.zeros_like(counts, tf.bool)))
+        return chosen
 
     def __call__(self, features: dict, seed):
         """Mask one example (unbatched `token_ids`, `segment_ids`, `padding_mask`, `sop_label`).

@@ -90,8 +90,9 @@ def _tokenized(documents, processor, stats: CorpusStats, description: str):
 
 
 def _signature(sequence_length: int) -> dict:
-    row = tf.TensorSpec([sequence_length], tf.int32)
-    return {"token_ids": row, "segment_ids": row, "padding_mask": row}
+    row, flag = tf.TensorSpec([sequence_length], tf.int32), tf.TensorSpec([], tf.int32)
+    return {"token_ids": row, "segment_ids": row, "padding_mask": row, "trimmed": flag,
+            "random_next": flag}
 
 
 def pretraining_examples(
@@ -132,19 +133,28 @@ def pretraining_examples(
         dataset = dataset.take(max_examples)
     dataset = dataset.cache()
     # Counting fills the cache: the corpus is read and tokenized once.
-    count = int(dataset.reduce(0, lambda n, _: n + 1))
+    count, ordered = (int(n) for n in dataset.reduce(
+        (0, 0), lambda n, example: (n[0] + 1, n[1] + 1 - example["random_next"])))
     if stats.sentences == 0:
         raise DataError(f"The {description} has no text: read {stats.documents} documents and "
                         f"0 sentences; expected documents of one or more sentences")
-    if count == 0:
+    if ordered == 0 and stats.multi_sentence_documents:  # pairs with a random B only
+        raise DataError(
+            f"The {description} yields no sentence-order pair: {stats.multi_sentence_documents} "
+            f"of its {stats.documents} documents have two or more sentences, but no two "
+            f"consecutive sentences fit together in `data.sequence_length` "
+            f"{data.sequence_length}; expected a longer sequence length or shorter sentences"
+        )
+    if ordered == 0:
         raise DataError(
             f"The {description} yields no sentence-order pair: none of its {stats.documents} "
             f"documents has two or more sentences ({stats.sentences} sentences in all). Expected "
             f"documents of several sentences, separated by blank lines or by "
             f"`data.document_pattern` headings"
         )
-    log.info("%s: %d documents (%d with 2+ sentences), %d sentences -> %d examples",
-             description, stats.documents, stats.multi_sentence_documents, stats.sentences, count)
+    log.info("%s: %d documents (%d with 2+ sentences), %d sentences -> %d examples (%d with "
+             "a random B)", description, stats.documents, stats.multi_sentence_documents,
+             stats.sentences, count, count - ordered)
     return dataset.apply(tf.data.experimental.assert_cardinality(count)), count
 
 
