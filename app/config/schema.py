@@ -209,16 +209,22 @@ class ReportConfig:
 
 
 @dataclass
-class TokenizerCommandConfig:
-    """`albert-tokenizer`: a SentencePiece model with ALBERT's special pieces, from text files."""
+class SentencePieceOptions:
+    """How a SentencePiece model is trained (albert-tokenizer, and albert-prepare without one)."""
 
-    input: str = MISSING
-    output: str = MISSING
     vocab_size: int = 16000
     model_type: str = "unigram"
     lowercase: bool = True
     character_coverage: float = 0.9995
     input_sentence_size: int = 1_000_000
+
+
+@dataclass
+class TokenizerCommandConfig(SentencePieceOptions):
+    """`albert-tokenizer`: a SentencePiece model with ALBERT's special pieces, from text files."""
+
+    input: str = MISSING
+    output: str = MISSING
     holdout_every: int = 100
 
 
@@ -234,15 +240,10 @@ class PrepareDataConfig:
 
 
 @dataclass
-class PrepareTokenizerConfig:
+class PrepareTokenizerConfig(SentencePieceOptions):
     """A SentencePiece model to use (`proto`), or how to train one on a sample."""
 
     proto: str | None = None
-    vocab_size: int = 16000
-    model_type: str = "unigram"
-    lowercase: bool = True
-    character_coverage: float = 0.9995
-    input_sentence_size: int = 1_000_000
 
 
 @dataclass
