@@ -14,7 +14,6 @@ import logging
 import time
 
 import keras_hub
-import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,6 +30,7 @@ from app.tasks.inference import (
     BATCH_SIZE,
     PAD_MULTIPLE,
     Predictor,
+    batch_rows,
     data_settings,
     features,
     load_model,
@@ -55,21 +55,6 @@ def input_file(cfg: DictConfig, out, copies: int):
         for _ in range(copies):
             writer.write_rows(rows)
     return path, len(table) * copies
-
-
-def batch_rows(lengths: np.ndarray, width: int, batch_size: int,
-               bucketing: bool) -> list[tuple[np.ndarray, int]]:
-    """(rows, width) of each batch Predictor forms from one chunk (see Predictor.__call__)."""
-    order = np.argsort(lengths, kind="stable") if bucketing else np.arange(len(lengths))
-    batches = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        cut = width
-        if bucketing:
-            longest = max(int(lengths[rows].max()), 1)
-            cut = min(width, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
-        batches.append((rows, cut))
-    return batches
 
 
 def same_batches(predictor: Predictor, path, settings, bucketing: bool) -> tuple[list, dict]:

@@ -82,6 +82,23 @@ def features(table: Table, data: DictConfig) -> tuple[np.ndarray, ...]:
     return tuple(np.array(table.columns[c], dtype=object) for c in text_columns(data))
 
 
+def batch_rows(lengths: np.ndarray, width: int, batch_size: int,
+               bucketing: bool) -> list[tuple[np.ndarray, int]]:
+    """(rows, width) of each batch of one chunk of texts with these token `lengths`: sorted by
+    length and cut to the longest (a multiple of PAD_MULTIPLE) with `bucketing`, else in input
+    order at the full `width`."""
+    order = np.argsort(lengths, kind="stable") if bucketing else np.arange(len(lengths))
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        cut = width
+        if bucketing:
+            longest = max(int(lengths[rows].max()), 1)
+            cut = min(width, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+        batches.append((rows, cut))
+    return batches
+
+
 class Predictor:
     """Model outputs (logits, or scores) for raw texts, batched by token length.
 
@@ -132,14 +149,8 @@ class Predictor:
         inputs = self.tokenize(texts)
         count, width = inputs["token_ids"].shape
         lengths = inputs["padding_mask"].astype(bool).sum(axis=1)
-        order = np.argsort(lengths, kind="stable") if self.bucketing else np.arange(count)
         outputs = None
-        for start in range(0, count, self.batch_size):
-            rows = order[start:start + self.batch_size]
-            cut = width
-            if self.bucketing:
-                longest = max(int(lengths[rows].max()), 1)
-                cut = min(width, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+        for rows, cut in batch_rows(lengths, width, self.batch_size, self.bucketing):
             batch = {name: values[rows, :cut] for name, values in inputs.items()}
             result = np.asarray(keras.ops.convert_to_numpy(self._forward(batch)),
                                 dtype="float32")
