@@ -24,8 +24,9 @@ from app.runs.record import (
     write_run_config,
     write_status,
 )
+from app.runtime.cluster import is_chief
 from app.runtime.console import command, sweep_policy
-from app.runtime.strategy import build_strategy, check_global_batch, is_chief
+from app.runtime.strategy import build_strategy, check_global_batch
 from app.tasks import task_for
 from app.training.best import restore_best
 from app.training.callbacks import (
@@ -58,13 +59,13 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
     task.read_data(layout)
     tokenizer = task.build_tokenizer(layout)
     log.info("Tokenizer: %d pieces", tokenizer.vocabulary_size())
-    data = task.build_pipelines()
+    data = task.build_pipelines(strategy)
 
     # === Model, optimizer and compile, under the strategy ===
     with strategy.scope():
         log.info("Instantiating model <%s>", cfg.model.preset or cfg.model._target_)
         model = task.build_model()
-        state = restore_latest(layout.root, model) if cfg.resume else {"step": 0}
+        state = restore_latest(Path(cfg.resume), model) if cfg.resume else {"step": 0}
     if state.get("learning_rate_factor", 1.0) != 1.0:
         set_learning_rate_factor(model, state["learning_rate_factor"])
     first_step = state["step"]

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import CONF_DIR, TINY, compose_config, shared_data
 from omegaconf import OmegaConf
 from sklearn import metrics as skm
@@ -132,7 +133,7 @@ def test_balanced_class_weights_weigh_the_loss(tmp_path):
     task = task_for(cfg)
     task.read_data(RunLayout(tmp_path / "run"))
     task.build_tokenizer(RunLayout(tmp_path / "run"))
-    data_pipeline = task.build_pipelines()
+    data_pipeline = task.build_pipelines(tf.distribute.get_strategy())
     with strategy.scope():
         model = task.build_model()
     weights = class_weights(task.task, task.train_split.targets)

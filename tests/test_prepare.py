@@ -34,8 +34,8 @@ from app.errors import ConfigError, DataError
 from app.train import train
 
 SEQUENCE_LENGTH = 32
-DATA = {"document_pattern": None, "skip_pattern": None, "eval_fraction": 0.1,
-        "sequence_length": SEQUENCE_LENGTH, "short_seq_prob": 0.1}
+DATA = {"document_pattern": None, "skip_pattern": None, "text_column": "sentence",
+        "eval_fraction": 0.1, "sequence_length": SEQUENCE_LENGTH, "short_seq_prob": 0.1}
 SHARD_MB = 0.004  # ~4 kB of text per shard: a dozen shards from the corpus below
 
 

@@ -3,20 +3,32 @@ shard, and refused when the prepared corpus or the worker count changed."""
 
 import hashlib
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_prepare import prepared_overrides, prepared_run_config, settings
+from test_distributed import app_process, free_ports
+from test_prepare import SEQUENCE_LENGTH, prepared_overrides, prepared_run_config, settings
 from test_pretraining_data import synthetic_documents, write_corpus
-from test_resume import assert_same_outcome, finish, saved_steps, start, wait_for_step
+from test_resume import (
+    assert_same_outcome,
+    finish,
+    outcome,
+    saved_steps,
+    start,
+    wait_for_step,
+)
 
 from app.data.pretraining.shards import (
     MANIFEST_FILE,
     SOURCE_FILE,
     PrepareSettings,
+    open_prepared,
+    pipeline_steps,
     pipeline_stream,
     prepare_corpus,
 )
@@ -64,7 +76,8 @@ def test_a_resumed_runs_batches_open_no_shard_of_the_groups_before(prepared, tmp
     task = Pretraining(cfg)
     task.read_data(layout)
     task.build_tokenizer(layout)
-    data = task.build_pipelines()  # the TrainingData app.train resumes through
+    # The TrainingData app.train resumes through.
+    data = task.build_pipelines(tf.distribute.get_strategy())
     assert data.steps_per_epoch == STEPS_PER_EPOCH
     full = batch_arrays(data.batches(0))
     assert len(full) == cfg.trainer.epochs * STEPS_PER_EPOCH
@@ -152,3 +165,51 @@ def test_sigkill_then_resume_from_prepared_shards_matches_uninterrupted_run(
     # after the resume.
     assert {k: v for k, v in history.items() if k.startswith("val_")} == {
         k: v for k, v in expected.items() if k.startswith("val_")}
+
+
+def start_workers(run_dirs: list[Path], *args: str) -> list[subprocess.Popen]:
+    """Two loopback MultiWorkerMirroredStrategy workers (worker 0 is the chief)."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    return [app_process(run_dir, *args, "strategy=multi_worker", env={"TF_CONFIG": json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}})})
+        for index, run_dir in enumerate(run_dirs)]
+
+
+def assert_close_outcome(run_dir: Path, reference: Path) -> None:
+    """Metrics and exported weights of two 2-worker runs agree within float tolerance."""
+    (metrics, weights), (expected, expected_weights) = outcome(run_dir), outcome(reference)
+    for name, value in expected["final"].items():
+        np.testing.assert_allclose(metrics["final"][name], value, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(metrics["history"]["val_loss"], expected["history"]["val_loss"],
+                               rtol=1e-5)
+    for got, want in zip(weights, expected_weights, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_workers_from_shards_killed_mid_epoch_resume_to_the_uninterrupted_outcome(
+        prepared, tmp_path):
+    args = [a for a in run_args(prepared, tmp_path) if not a.startswith("hydra.run.dir")]
+    steps = pipeline_steps(open_prepared(prepared, SEQUENCE_LENGTH), 16, 2)
+    reference = [tmp_path / "reference0", tmp_path / "reference1"]
+    for process in start_workers(reference, *args):
+        finish(process)
+    assert saved_steps(reference[0])[-1] == 2 * steps
+    assert json.loads((reference[0] / SOURCE_FILE).read_text())["workers"] == 2
+
+    chief = tmp_path / "chief"
+    workers = start_workers([chief, tmp_path / "worker"], *args)
+    wait_for_step(workers[0], chief, steps + 3)  # inside the second epoch
+    for process in workers:
+        process.kill()
+        process.wait()
+    killed_at = saved_steps(chief)[-1]
+    assert steps < killed_at < 2 * steps and killed_at % steps
+    # Both resume from the chief's folder; the other worker logs into a new folder of its own.
+    resumed = start_workers([chief, tmp_path / "worker-resumed"], f"resume={chief}")
+    outputs = [finish(process) for process in resumed]
+    for output in outputs:
+        assert re.search(rf"Resumed from {re.escape(str(chief))}/checkpoints/state/step-0*"
+                         rf"{killed_at} \(step {killed_at}\)", output), output[-3000:]
+    assert json.loads((chief / "status.json").read_text())["status"] == "completed"
+    assert_close_outcome(chief, reference[0])

@@ -64,7 +64,8 @@ def write_corpus(path: Path, documents: list[list[str]]) -> Path:
 
 def corpus_config(**overrides):
     data = {"sequence_length": 48, "short_seq_prob": 0.1, "shuffle_buffer": 1000,
-            "document_pattern": None, "skip_pattern": None, "eval_fraction": 0.0}
+            "document_pattern": None, "skip_pattern": None, "text_column": "sentence",
+            "eval_fraction": 0.0}
     return OmegaConf.create({**data, **overrides})
 
 
@@ -101,6 +102,17 @@ def test_documents_split_at_wikitext_headings(tmp_path):
     documents = list(iter_documents([path], r"^ = [^=].* = *$", r"^ (= )+.*(= )+ *$"))
     assert documents == [["Alpha one .", "Alpha two .", "Alpha three ."],
                          ["Beta one .", "Beta two ."]]
+
+
+def test_a_tsv_file_gives_its_text_column_as_one_document(tmp_path):
+    (tmp_path / "task.tsv").write_text("label\treview\n1\tgreat fun . really\n0\tdull\n",
+                                       encoding="utf-8")
+    (tmp_path / "wiki.txt").write_text("Alpha. Beta.\n", encoding="utf-8")
+    files = expand_files(tmp_path, "wiki.txt,task.tsv", "data.train_file")
+    assert list(iter_documents(files, text_column="review")) == [
+        ["Alpha.", "Beta."], ["great fun . really", "dull"]]
+    with pytest.raises(DataError, match=r"task.tsv.*'sentence'"):
+        list(iter_documents(files))
 
 
 def test_expand_files_names_the_key_when_nothing_matches(tmp_path):

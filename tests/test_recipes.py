@@ -1,11 +1,19 @@
-"""The GLUE recipes and Optuna searches compose, validate and read GLUE-shaped files."""
+"""The GLUE and SST-2 recipes and Optuna searches compose, validate and read GLUE-shaped
+files; the SST-2 pretraining recipe hands its preset to its fine-tuning recipe."""
 
+from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, compose_config
+from conftest import CONF_DIR, TINY, compose_config, write_splits
+from test_pretraining_data import synthetic_documents
 
 from app.config.validate import optimized_metric, validate
+from app.data import synthetic
+from app.data.pretraining.corpus import expand_files
+from app.data.pretraining.pipeline import corpus_documents
+from app.data.readers import read_table
 from app.data.task import load_task_data
+from app.train import train
 
 # Header and two rows of each GLUE task's TSV, as GLUE distributes them.
 GLUE = {
@@ -69,3 +77,37 @@ def test_optuna_search_configs(search):
 def test_recipes_exist():
     recipes = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
     assert {"sst2", "trec", "mrpc", "rte", "qnli", "stsb"} <= recipes
+
+
+def write_wikitext(path: Path, documents: list[list[str]]) -> None:
+    """WikiText's layout: ` = Title = ` lines start articles, paragraphs are single lines."""
+    lines = [line for index, document in enumerate(documents)
+             for line in (f" = Article {index} = ", " " + " ".join(document))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_sst2_recipes_pretrain_on_wikitext_and_the_task_text_then_fine_tune_the_preset(tmp_path):
+    (tmp_path / "wikitext-2").mkdir()
+    write_wikitext(tmp_path / "wikitext-2" / "wiki.train.raw", synthetic_documents(80, seed=3))
+    write_wikitext(tmp_path / "wikitext-2" / "wiki.valid.raw", synthetic_documents(10, seed=4))
+    write_splits(tmp_path / "sst2", ("sentence", "label"), synthetic.sentiment_rows, 160, seed=5)
+    task_texts = read_table(tmp_path / "sst2" / "train.tsv", "tsv", ["sentence"])
+    tiny = [*TINY, f"paths.data_dir={tmp_path}", "trainer.epochs=1"]
+
+    pretrain = compose_config("experiment=pretrain_sst2", *tiny, "data.sequence_length=64",
+                              "data.max_predictions=10")
+    documents = list(corpus_documents(expand_files(pretrain.data.dir, pretrain.data.train_file,
+                                                   "data.train_file"), pretrain.data))
+    assert documents[-1] == task_texts.columns["sentence"]  # SST-2 train, never dev
+    assert len(documents) == 81
+    train(pretrain, tmp_path / "pretrain")
+
+    preset = tmp_path / "pretrain" / "export" / "preset"
+    fine_tune = compose_config("experiment=sst2_pretrained", *tiny, "data.sequence_length=48",
+                               f"model.preset={preset}")
+    assert fine_tune.optimizer.learning_rate == fine_tune.model.preset_learning_rate
+    metrics = train(fine_tune, tmp_path / "fine_tune")
+    assert metrics["final"]["val_accuracy"] >= 0
+    assert ((tmp_path / "fine_tune" / "tokenizer" / "spm.model").read_bytes()
+            == (tmp_path / "pretrain" / "tokenizer" / "spm.model").read_bytes())

@@ -10,6 +10,7 @@ from pathlib import Path
 import keras_hub
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import TINY, compose_config, shared_data, write_splits
 from omegaconf import OmegaConf
 from sklearn import metrics as skm
@@ -131,7 +132,7 @@ def initial_backbone_weights(cfg, run_dir: Path) -> list[np.ndarray]:
     task = task_for(cfg)
     task.read_data(layout)
     task.build_tokenizer(layout)
-    task.build_pipelines()
+    task.build_pipelines(tf.distribute.get_strategy())
     with strategy.scope():
         model = task.build_model()
     return model.backbone.get_weights()

@@ -76,7 +76,8 @@ def time_pipeline(cfg: DictConfig, run: RunLayout, scratch: RunLayout) -> dict:
     task.read_data(scratch)
     task.build_tokenizer(scratch)
     started = time.perf_counter()
-    data = task.build_pipelines()  # pretraining: reads, tokenizes and packs the corpus here
+    # Pretraining: reads, tokenizes and packs the corpus here.
+    data = task.build_pipelines(tf.distribute.get_strategy())
     read_seconds = time.perf_counter() - started
     steps = data.steps_per_epoch
     first, examples = iterate(data.batches(0), steps)
@@ -138,7 +139,7 @@ def prepare(cfg: DictConfig):
     task = task_for(cfg)
     task.read_data(run)
     task.build_tokenizer(run)
-    data = task.build_pipelines()
+    data = task.build_pipelines(strategy)
     with strategy.scope():
         model = task.build_model()
     return out, run, cfg, strategy, task, data, model, time.perf_counter() - started
@@ -156,17 +157,21 @@ def bench_training(cfg: DictConfig) -> dict:
     pretraining = cfg.data.task == "pretraining"
     flops_args = flops_arguments(model, pretraining, cfg)
     spe = cfg.trainer.steps_per_execution
-    app_callbacks = [
-        ProgressLog(cfg.trainer.batch_size, data.steps_per_epoch, cfg.trainer.epochs,
-                    cfg.trainer.log_every_n_steps, bar=False),
-        StepCheckpoint(run.states, cfg.trainer.checkpoint_every_n_steps,
-                       cfg.trainer.checkpoint_every_minutes, cfg.trainer.keep_checkpoints, 0,
-                       data.steps_per_epoch),
-    ]
+
+    def app_callbacks(steps_per_epoch: int, epochs: int) -> list:
+        """The per-step callbacks of albert-train, their progress counted in the bench's
+        own epochs (its windows)."""
+        return [ProgressLog(cfg.trainer.batch_size, steps_per_epoch, epochs,
+                            cfg.trainer.log_every_n_steps, bar=False),
+                StepCheckpoint(run.states, cfg.trainer.checkpoint_every_n_steps,
+                               cfg.trainer.checkpoint_every_minutes,
+                               cfg.trainer.keep_checkpoints, 0, steps_per_epoch)]
+
     log.info("Warming up the app's fit (%s)", type(model).__name__)
     # The warm-up fit starts right after the build, as in albert-train: it measures start-up.
     step_seconds, startup = warm_up(model, data.batches(0).repeat(), spe, options,
-                                    app_callbacks, first_step=True)
+                                    app_callbacks(options.min_window_steps * spe, 2),
+                                    first_step=True)
     log.info("Timing the input pipeline alone")
     pipeline = time_pipeline(cfg, run, RunLayout(out / "pipeline"))
 
@@ -199,7 +204,8 @@ def bench_training(cfg: DictConfig) -> dict:
     log.info("Timing %d interleaved windows (app, bare, matmul peak) of %d steps",
              options.windows, steps)
     model.fit(data.batches(0).repeat(), epochs=options.windows + 1, steps_per_epoch=steps,
-              callbacks=[timer, *app_callbacks, BetweenWindows(between)], shuffle=False,
+              callbacks=[timer, *app_callbacks(steps, options.windows + 1),
+                         BetweenWindows(between)], shuffle=False,
               verbose=0)
     app = [window_rates(s, st, p) for s, st, p in
            zip(windows["app"], windows["stats"], windows["peak"], strict=True)]

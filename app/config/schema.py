@@ -12,6 +12,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from app.runtime.cluster import is_chief
+
 
 @dataclass
 class ModelConfig:
@@ -234,6 +236,7 @@ class PrepareDataConfig:
 
     document_pattern: str | None = None
     skip_pattern: str | None = None
+    text_column: str = "sentence"          # the column read from `*.tsv` corpus files
     eval_fraction: float = 0.05
     sequence_length: int = 128
     short_seq_prob: float = 0.1
@@ -314,6 +317,12 @@ def peak_learning_rate(preset: str | None, scratch: float, pretrained: float) ->
     return scratch if preset is None else pretrained
 
 
+def resume_or(resume: str | None, new: str) -> str:
+    """hydra.run.dir: the resumed run's own folder, else a new one (a non-chief worker's logs
+    never go into the chief's folder, even on resume)."""
+    return resume if resume and is_chief() else new
+
+
 def hydra_subdir(resume: str | None) -> str:
     """Where Hydra saves the config: `.hydra`, or a new `.hydra/resume-<time>` on resume."""
     return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
@@ -332,6 +341,5 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("peak_learning_rate"):
         OmegaConf.register_new_resolver("peak_learning_rate", peak_learning_rate)
     if not OmegaConf.has_resolver("resume_or"):
-        # hydra.run.dir: the resumed run's own folder, else a new one.
-        OmegaConf.register_new_resolver("resume_or", lambda resume, new: resume or new)
+        OmegaConf.register_new_resolver("resume_or", resume_or)
         OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)

@@ -2,6 +2,7 @@
 
 import keras
 import keras_hub
+import tensorflow as tf
 
 SOP_CLASSES = 2
 LAYER_NORM_EPS = 1e-12
@@ -57,6 +58,14 @@ class AlbertPretrainer(keras_hub.models.Task):
         self.preprocessor = preprocessor
         self.masked_lm_head = masked_lm_head
         self.sop_head = sop_head
+
+    def fit(self, x=None, **kwargs):
+        """Keras' `fit`. A `tf.distribute.DistributedDataset` (every worker streaming its own
+        shards) goes to Keras directly: keras-hub's `fit` takes it for arrays, and there is no
+        preprocessor to map over it."""
+        if isinstance(x, tf.distribute.DistributedDataset):
+            return keras.Model.fit(self, x, **kwargs)
+        return super().fit(x, **kwargs)
 
     def to_masked_lm(self, preprocessor=None) -> keras_hub.models.AlbertMaskedLM:
         """An `AlbertMaskedLM` sharing this backbone, with a copy of the masked-LM head."""

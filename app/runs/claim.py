@@ -26,6 +26,7 @@ from omegaconf import DictConfig, open_dict
 
 from app.errors import ConfigError
 from app.runs.read import refuse_live_run
+from app.runtime.cluster import is_chief
 
 MAX_SUFFIX = 1000
 
@@ -87,8 +88,9 @@ class ClaimRunFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         wanted = Path(config.hydra.run.dir)
-        if config.get("resume"):
-            # `resume=<run>` continues that run, in its own folder (and only there).
+        if config.get("resume") and is_chief():
+            # `resume=<run>` continues that run, in its own folder (and only there); a
+            # non-chief worker reads that folder and takes a new one for its logs.
             if not wanted.is_dir():
                 _fail(f"`resume` '{config.resume}' does not exist; expected the folder of an "
                       f"earlier run (experiments/<name>/<timestamp>)")

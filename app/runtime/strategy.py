@@ -1,6 +1,5 @@
 """Choose the tf.distribute strategy for the hardware at hand."""
 
-import json
 import logging
 import os
 import socket
@@ -8,16 +7,12 @@ import socket
 import tensorflow as tf
 
 from app.errors import ConfigError
+from app.runtime.cluster import cluster_workers
 from app.runtime.multi_worker import patch_keras_for_multi_worker
 
 log = logging.getLogger(__name__)
 
 TPU_CONNECT_TIMEOUT_S = 10
-
-
-def _workers_in_tf_config() -> int:
-    cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
-    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
 def _split_cpu(num_devices: int) -> None:
@@ -60,7 +55,7 @@ def _tpu_strategy(address: str | None) -> tf.distribute.Strategy:
 def _auto_name(gpus: list) -> str:
     if os.environ.get("TPU_NAME"):
         return "tpu"
-    if _workers_in_tf_config() > 1:
+    if cluster_workers() > 1:
         return "multi_worker"
     if len(gpus) > 1:
         return "mirrored"
@@ -83,7 +78,7 @@ def build_strategy(strategy_cfg) -> tf.distribute.Strategy:
     devices = list(strategy_cfg.devices) if strategy_cfg.devices else None
     if name == "gpu" and not gpus:
         raise ConfigError("`strategy.name` is 'gpu' but TensorFlow sees no GPU")
-    if name == "multi_worker" and _workers_in_tf_config() < 1:
+    if name == "multi_worker" and cluster_workers() < 1:
         raise ConfigError("`strategy.name` is 'multi_worker' but `TF_CONFIG` names no workers")
     if name == "tpu":
         strategy = _tpu_strategy(strategy_cfg.tpu_address)
@@ -97,18 +92,6 @@ def build_strategy(strategy_cfg) -> tf.distribute.Strategy:
     log.info("Strategy: %s -> %s, %d replica(s)", strategy_cfg.name, type(strategy).__name__,
              strategy.num_replicas_in_sync)
     return strategy
-
-
-def is_chief() -> bool:
-    """Whether this process writes the run folder: yes, unless TF_CONFIG makes it a non-chief
-    worker (the chief, or worker 0 when the cluster has no chief, writes)."""
-    config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    task = config.get("task", {})
-    if not task:
-        return True
-    if "chief" in config.get("cluster", {}):
-        return task.get("type") == "chief"
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0
 
 
 def check_global_batch(batch_size: int, strategy: tf.distribute.Strategy) -> None:

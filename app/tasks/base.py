@@ -4,7 +4,7 @@ A task is built from the run config and walked through its steps in the flow's o
 
     task.read_data(layout)        read and check the data, record what the run needs (labels)
     task.build_tokenizer(layout)  the preset's, `tokenizer.proto`, or trained on the data
-    task.build_pipelines()        training batches (resumable by global batch index)
+    task.build_pipelines(strategy)  training batches (resumable by global batch index)
     task.build_model()            the compiled model (call under the strategy's scope)
     task.build_evaluation(model)  a callback adding `val_*` metrics to each epoch's logs
     task.export(model, layout)    the run's `export/` folder
@@ -51,7 +51,7 @@ class Task(Protocol):
 
     def build_tokenizer(self, layout: RunLayout) -> keras_hub.models.AlbertTokenizer: ...
 
-    def build_pipelines(self) -> TrainingData: ...
+    def build_pipelines(self, strategy: tf.distribute.Strategy) -> TrainingData: ...
 
     def build_model(self) -> keras.Model: ...
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import keras_hub
 import numpy as np
+import tensorflow as tf
 from omegaconf import DictConfig
 
 from app.data.pipeline import build_dataset, epoch_stream, tokenized
@@ -61,8 +62,9 @@ class FineTuning:
             self.tokenizer, sequence_length=self.cfg.data.sequence_length)
         return self.tokenizer
 
-    def build_pipelines(self) -> TrainingData:
-        """Tokenized once (cached), shuffled per epoch, optionally length-bucketed."""
+    def build_pipelines(self, strategy: tf.distribute.Strategy) -> TrainingData:
+        """Tokenized once (cached), shuffled per epoch, optionally length-bucketed (`strategy`
+        distributes the batches as Keras does: auto-sharded across workers)."""
         cfg = self.cfg
         batches = epoch_stream(tokenized(self.train_split, self.preprocessor),
                                len(self.train_split), cfg.trainer.batch_size,

@@ -36,9 +36,10 @@ from app.data.pretraining.shards import (
     eval_batches,
     eval_examples,
     open_prepared,
+    pipeline_steps,
     pipeline_stream,
 )
-from app.errors import ConfigError, DataError
+from app.errors import DataError
 from app.models.backbone import build_backbone, check_sequence_length, load_preset_heads
 from app.models.pretrainer import (
     AlbertPretrainer,
@@ -48,6 +49,7 @@ from app.models.pretrainer import (
 )
 from app.runs.layout import RunLayout
 from app.runs.transformers_export import export_transformers
+from app.runtime.cluster import cluster_workers
 from app.tasks.base import TrainingData
 from app.tasks.tokenizer import build_tokenizer
 from app.training.callbacks import CompiledEvaluation
@@ -61,16 +63,6 @@ def _corpus_files(data: DictConfig) -> tuple[list[Path], list[Path] | None]:
     if not data.eval_file:
         return train_files, None
     return train_files, expand_files(data.dir, data.eval_file, "data.eval_file")
-
-
-def _input_workers() -> int:
-    """The workers (input pipelines) of the strategy in scope: its cluster's chief and
-    workers, 1 without a cluster."""
-    resolver = tf.distribute.get_strategy().cluster_resolver
-    if resolver is None:
-        return 1
-    cluster = resolver.cluster_spec().as_dict()
-    return max(1, sum(len(cluster.get(job, [])) for job in ("chief", "worker")))
 
 
 def build_masker(tokenizer, data: DictConfig) -> NGramMasker:
@@ -148,7 +140,8 @@ class Pretraining:
         data = self.cfg.data
         if data.prepared:  # checked up front: manifest, tokenizer file, shard sizes and hashes
             self.corpus = open_prepared(data.prepared, data.sequence_length, data.verify_shards)
-            self.run_dir = layout.root
+            # Where the run records its corpus: a resumed non-chief worker reads the chief's.
+            self.run_dir = Path(self.cfg.resume) if self.cfg.resume else layout.root
             return
         self.train_files, _ = _corpus_files(data)
         if next(corpus_sentences(self.train_files, data), None) is None:
@@ -172,11 +165,12 @@ class Pretraining:
         self.masker = build_masker(self.tokenizer, self.cfg.data)
         return self.tokenizer
 
-    def build_pipelines(self) -> TrainingData:
-        """Read, tokenize and pack the corpus once (cached); order and masks drawn per epoch."""
+    def build_pipelines(self, strategy: tf.distribute.Strategy) -> TrainingData:
+        """Read, tokenize and pack the corpus once (cached); order and masks drawn per epoch.
+        A prepared corpus streams its shards (on several workers, each its own)."""
         cfg = self.cfg
         if cfg.data.prepared:
-            return self._prepared_pipelines()
+            return self._prepared_pipelines(strategy)
         train, num_train, self.eval_examples, num_eval = _examples(cfg, self.processor)
         log.info("Pretraining on %d examples, evaluating on %d", num_train, num_eval)
         self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval,
@@ -190,34 +184,51 @@ class Pretraining:
         self.data = TrainingData(batches, num_train, math.ceil(num_train / cfg.trainer.batch_size))
         return self.data
 
-    def _prepared_pipelines(self) -> TrainingData:
+    def _prepared_pipelines(self, strategy: tf.distribute.Strategy) -> TrainingData:
         """Stream the prepared shards (see app.data.pretraining.shards); sentence order and
-        masks drawn per example from (seed, epoch, example id)."""
+        masks drawn per example from (seed, epoch, example id). Under
+        MultiWorkerMirroredStrategy every worker streams its own shards."""
         cfg = self.cfg
-        stream = pipeline_stream(self.corpus, cfg.trainer.batch_size, cfg.data.shuffle_buffer,
-                                 cfg.data.shard_group_size, cfg.seed, order_and_mask(self.masker))
+        epochs = cfg.trainer.epochs
+        stream = partial(pipeline_stream, self.corpus, cfg.trainer.batch_size,
+                         cfg.data.shuffle_buffer, cfg.data.shard_group_size, cfg.seed,
+                         order_and_mask(self.masker))
         examples, num_eval = eval_examples(self.corpus)
         self.eval_examples = examples.map(lambda example_id, features: features)
         self.eval_batches = eval_batches(examples, order_and_mask(self.masker),
                                          cfg.trainer.batch_size, cfg.seed)
-        num_train = int(stream.counts.sum())
-        log.info("Pretraining on %d prepared examples in %d shards (groups of %d), evaluating on "
-                 "%d", num_train, len(stream.paths), stream.group_size, num_eval)
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            workers, replicas = cluster_workers(), strategy.num_replicas_in_sync
+            steps = pipeline_steps(self.corpus, cfg.trainer.batch_size, workers)
+            local = replicas // workers  # each global step takes `local` batches of a pipeline
+
+            def batches(start: int):
+                return strategy.distribute_datasets_from_function(
+                    lambda context: stream(context)(start * local, epochs))
+
+            num_train, shards = steps * cfg.trainer.batch_size, len(self.corpus.shards("train"))
+            log.info("Pretraining on %d workers, each streaming its own of %d prepared shards "
+                     "(%d examples an epoch in all)", workers, shards, num_train)
+        else:
+            single = stream()
+            steps, num_train = single.steps_per_epoch, int(single.counts.sum())
+
+            def batches(start: int):
+                return single(start, epochs)
+
+            log.info("Pretraining on %d prepared examples in %d shards (groups of %d)",
+                     num_train, len(single.paths), single.group_size)
+        log.info("Evaluating on %d prepared examples", num_eval)
         self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval)
-        self.data = TrainingData(lambda start: stream(start, cfg.trainer.epochs), num_train,
-                                 stream.steps_per_epoch)
+        self.data = TrainingData(batches, num_train, steps)
         return self.data
 
     def build_model(self) -> keras.Model:
         """The compiled AlbertPretrainer; call under the strategy's scope."""
         cfg = self.cfg
         if cfg.data.prepared:  # a resume: the corpus and worker count the run started with
-            check_run_source(self.run_dir, self.corpus, _input_workers(), bool(cfg.resume))
-        if cfg.data.prepared and isinstance(tf.distribute.get_strategy(),
-                                            tf.distribute.MultiWorkerMirroredStrategy):
-            raise ConfigError("`data.prepared` does not run under MultiWorkerMirroredStrategy "
-                              "yet (each worker reading its own shards is not wired into "
-                              "training); expected one worker, or `data=text_corpus`")
+            check_run_source(self.run_dir, self.corpus, max(1, cluster_workers()),
+                             bool(cfg.resume))
         model = AlbertPretrainer(build_backbone(cfg.model, self.tokenizer.vocabulary_size()))
         load_preset_heads(model, cfg.model)
         check_sequence_length(model.backbone, cfg.data.sequence_length)

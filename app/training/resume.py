@@ -26,6 +26,7 @@ from app.config.schema import TrainConfig
 from app.errors import ConfigError
 from app.runs.layout import RunLayout
 from app.runs.read import load_config, refuse_live_run
+from app.runtime.cluster import is_chief
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def resumed_config(run_dir: str) -> DictConfig:
     status = layout.status
     if status.is_file() and json.loads(status.read_text()).get("status") == "completed":
         raise ConfigError(f"`resume` names a run that already completed: '{run_dir}'")
-    refuse_live_run(run_dir)
+    if is_chief():  # non-chief workers resume alongside the live chief
+        refuse_live_run(run_dir)
     if not all_states(layout.states):
         raise ConfigError(f"`resume` names a run with no saved training state: '{run_dir}' has "
                           f"no '{layout.states.relative_to(layout.root)}/step-*' folder "

@@ -1,7 +1,9 @@
-"""Stream documents of sentences from raw text files (globs, `.gz` too).
+"""Stream documents of sentences from raw text files (globs, `.gz` too) and TSV text columns.
 
 Documents are separated by blank lines, or, with `document_pattern`, start at heading lines
-(WikiText's ` = Title = `). Nothing is held in memory beyond one document.
+(WikiText's ` = Title = `). A TSV file (`*.tsv`, header row) gives one line per row, its
+`text_column` (a task's own texts for task-adaptive pretraining): the whole file is one
+document. Nothing is held in memory beyond one document.
 """
 
 import glob
@@ -11,6 +13,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.data.readers import iter_tables
 from app.errors import ConfigError, DataError
 
 # Abbreviations after which a period does not end a sentence (lower-cased, without the period).
@@ -44,8 +47,13 @@ def expand_files(directory: str | Path, patterns: str, key: str) -> list[Path]:
     return files
 
 
-def read_lines(path: Path) -> Iterator[str]:
-    """Lines of a UTF-8 text file (gzip-compressed when named `*.gz`), newline stripped."""
+def read_lines(path: Path, text_column: str = "sentence") -> Iterator[str]:
+    """Lines of a UTF-8 text file (gzip-compressed when named `*.gz`), newline stripped; of a
+    TSV file (`*.tsv`), the `text_column` value of each row."""
+    if path.suffix == ".tsv":
+        for table in iter_tables(path, "tsv", [text_column]):
+            yield from table.columns[text_column]
+        return
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace") as lines:
@@ -90,6 +98,7 @@ def iter_documents(
     files: list[Path],
     document_pattern: str | None = None,
     skip_pattern: str | None = None,
+    text_column: str = "sentence",
 ) -> Iterator[list[str]]:
     """Yield each document as a list of sentences, streaming through `files` in order.
 
@@ -98,12 +107,13 @@ def iter_documents(
         document_pattern: regex of lines that start a new document (the line itself is dropped);
             None: blank lines separate documents.
         skip_pattern: regex of lines to drop (e.g. WikiText's `= = Section = =` headings).
+        text_column: the column read from TSV files.
     """
     heading = re.compile(document_pattern) if document_pattern else None
     skip = re.compile(skip_pattern) if skip_pattern else None
     for path in files:
         sentences: list[str] = []
-        for line in read_lines(path):
+        for line in read_lines(path, text_column):
             starts_document = heading.match(line) if heading else not line.strip()
             if starts_document:
                 if sentences:

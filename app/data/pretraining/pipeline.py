@@ -64,7 +64,7 @@ def corpus_documents(
         holdout: None: all documents; True: only the held-out ones; False: all others.
     """
     every = round(1 / data.eval_fraction) if data.eval_fraction else 0
-    documents = iter_documents(files, data.document_pattern, data.skip_pattern)
+    documents = iter_documents(files, data.document_pattern, data.skip_pattern, data.text_column)
     for index, document in enumerate(documents):
         if holdout is None or not every or (index % every == every - 1) == holdout:
             yield document

@@ -157,7 +157,7 @@ class PrepareSettings:
             "inputs": [{"file": str(path), "bytes": path.stat().st_size} for path in self.files],
             "sequence_length": data.sequence_length, "short_seq_prob": data.short_seq_prob,
             "eval_fraction": data.eval_fraction, "document_pattern": data.document_pattern,
-            "skip_pattern": data.skip_pattern, "seed": self.seed,
+            "skip_pattern": data.skip_pattern, "text_column": data.text_column, "seed": self.seed,
             "shard_size_mb": self.shard_size_mb,
         }
 
@@ -666,6 +666,24 @@ class ShardStream:
         return first.concatenate(rest).prefetch(tf.data.AUTOTUNE)
 
 
+def pipeline_steps(corpus: PreparedCorpus, global_batch: int, pipelines: int) -> int:
+    """Global steps per epoch when `pipelines` workers each stream their own shards
+    (`worker_shards`): the smallest worker's share decides, the others drop what exceeds it.
+
+    Raises:
+        ConfigError: fewer shards than pipelines.
+        DataError: a pipeline's shards hold less than one step.
+    """
+    shards = corpus.shards("train")
+    shares = [sum(s["examples"] for s in worker_shards(shards, pipelines, worker))
+              for worker in range(pipelines)]
+    per_pipeline = global_batch // pipelines  # each step takes this many examples of a worker
+    if min(shares) < per_pipeline:
+        raise DataError(f"A worker's training shards of '{corpus.folder}' hold {min(shares)} "
+                        f"pairs, less than one step ({per_pipeline} per worker)")
+    return min(shares) // per_pipeline
+
+
 def pipeline_stream(corpus: PreparedCorpus, global_batch: int, shuffle_buffer: int,
                     group_size: int, seed: int, per_example: Callable,
                     input_context: tf.distribute.InputContext | None = None) -> ShardStream:
@@ -686,12 +704,7 @@ def pipeline_stream(corpus: PreparedCorpus, global_batch: int, shuffle_buffer: i
     pipelines = input_context.num_input_pipelines
     batch = input_context.get_per_replica_batch_size(global_batch)
     local = input_context.num_replicas_in_sync // pipelines
-    shares = [sum(s["examples"] for s in worker_shards(shards, pipelines, worker))
-              for worker in range(pipelines)]
-    steps = min(shares) // (batch * local)
-    if steps == 0:
-        raise DataError(f"A worker's training shards of '{corpus.folder}' hold {min(shares)} "
-                        f"pairs, less than one step ({batch * local} per worker)")
+    steps = pipeline_steps(corpus, global_batch, pipelines)
     return ShardStream(corpus, worker_shards(shards, pipelines, input_context.input_pipeline_id),
                        batch, steps * local, shuffle_buffer, group_size, seed, per_example,
                        drop_remainder=True)
@@ -716,10 +729,13 @@ def eval_examples(corpus: PreparedCorpus) -> tuple[tf.data.Dataset, int]:
 def eval_batches(examples: tf.data.Dataset, per_example: Callable, batch_size: int,
                  seed: int) -> tf.data.Dataset:
     """Eval batches with the same sentence orders and masks every time, drawn from
-    (seed + 1, example id)."""
+    (seed + 1, example id). Several workers split each batch (DATA sharding: the eval shards
+    may be fewer than the workers)."""
     eval_seed = tf.constant(seed + 1, tf.int64)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return (examples
             .map(lambda example_id, features: per_example(features,
                                                           tf.stack([eval_seed, example_id])),
                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options))
