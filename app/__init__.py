@@ -11,7 +11,10 @@ def _started_as_command() -> bool:
 
 
 if _started_as_command():
-    # Before any module imports TensorFlow, whose start-up lines would reach the terminal.
+    # Before any module imports TensorFlow: its start-up lines would reach the terminal, and
+    # oneDNN is chosen when it starts.
+    from app.runtime.cpu import tune_cpu
     from app.runtime.native_logs import filter_native_logs
 
     filter_native_logs()
+    tune_cpu()

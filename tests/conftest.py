@@ -8,6 +8,9 @@ from hydra import compose, initialize_config_module
 
 from app.config.schema import register_configs
 from app.data import synthetic
+from app.runtime.cpu import tune_cpu
+
+tune_cpu()  # as every command does, before TensorFlow starts: tests run what users run
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from app.runs.layout import RunLayout
+from app.runtime.cpu import APPLIED, MALLOC_ENV, ONEDNN
 
 if TYPE_CHECKING:  # app.runs.read imports this module and needs no TensorFlow
     import tensorflow as tf
@@ -182,5 +183,9 @@ def capture_env(strategy: "tf.distribute.Strategy", seed: int) -> dict:
         },
         "strategy": {"class": type(strategy).__name__,
                      "num_replicas": strategy.num_replicas_in_sync},
+        # The CPU settings in force: the environment's, and what app.runtime.cpu set.
+        "cpu_settings": {"environment": {name: os.environ[name] for name in (ONEDNN, *MALLOC_ENV)
+                                         if name in os.environ},
+                         "set_by_app": dict(APPLIED)},
         "seed": seed,
     }
