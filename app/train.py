@@ -80,11 +80,12 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
                            train_seconds=state.get("train_seconds", 0.0),
                            steps_run=state.get("steps_trained", 0))
     epochs_log = EpochLog(layout.history)
+    hparams = HParamsSummary(layout.tensorboard, flat_hparams(cfg))
     configured = [
         evaluation,  # first: the callbacks below read its val_* entries
         *instantiate_callbacks(cfg.callbacks, layout.root, runtime),
         *instantiate_callbacks(cfg.logger, layout.root, runtime),
-        HParamsSummary(layout.tensorboard, flat_hparams(cfg), evaluation),
+        hparams,
         progress,
         epochs_log,
     ]
@@ -113,6 +114,7 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
     # evaluates nothing more, and reports what that epoch measured.
     final = {name: values[final_epoch] for name, values in history.items()
              if name.startswith("val_")}
+    hparams.write_final(final)
     metrics = {
         "history": history,
         "final": final,

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import TINY, compose_config, write_splits
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import TOPIC_RUN, TOPIC_TRAIN_SIZE, topic_rows
 
 from app.data import synthetic
@@ -17,7 +19,8 @@ from app.runs.read import open_run
 from app.tasks.inference import load_model
 from app.train import train
 from app.training.best import best_epoch, restore_best
-from app.training.collapse import causes, collapse
+from app.training.checkpoints import CallbackMemory
+from app.training.collapse import CollapseCheckedEvaluation, causes, collapse
 
 BINARY = TaskSpec("classification", ("neg", "pos"))
 
@@ -51,6 +54,23 @@ def test_causes_name_imbalance_only_when_labels_are_imbalanced():
 
 def write_sentiment(root: Path) -> Path:
     return write_splits(root, ("sentence", "label"), synthetic.sentiment_rows, 192, seed=1)
+
+
+def test_the_collapse_record_survives_a_resume():
+    task = TaskSpec("classification", ("a", "b"))
+
+    def evaluation(record: dict) -> CollapseCheckedEvaluation:
+        return CollapseCheckedEvaluation(None, np.array([0, 1]), task, None, "warn", "", record)
+
+    before = evaluation({})
+    before.collapsed = {"kind": "one_class", "predicted": "a", "eval_share": 0.5, "epoch": 1,
+                        "epochs": [1], "stopped": False}
+    memory = CallbackMemory([before])
+    memory.on_epoch_end(0)
+    saved = json.loads(json.dumps(memory.taken))  # as a training state's meta.json holds it
+    after = evaluation({})
+    CallbackMemory([after], saved).on_train_begin()
+    assert after.collapsed == before.collapsed
 
 
 def test_a_huge_learning_rate_collapses_and_stops(tmp_path, caplog):
@@ -109,6 +129,10 @@ def test_final_metrics_and_export_are_the_best_epoch(best_first_run):
     assert metrics["final"] == {name: values[0] for name, values in metrics["history"].items()
                                 if name.startswith("val_")}
     assert metrics["optimized_metric"]["value"] == losses[0]
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))  # TensorBoard's HParams tab
+    accumulator.Reload()
+    final_loss = tf.make_ndarray(accumulator.Tensors("final/val_loss")[-1].tensor_proto)
+    assert final_loss == pytest.approx(losses[0])
     # The export is the best checkpoint's model, not the last epoch's.
     exported = evaluate(run_dir, checkpoint="export", progress=False)["metrics"]
     assert exported["loss"] == pytest.approx(losses[0], abs=1e-5)

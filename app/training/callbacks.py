@@ -161,21 +161,22 @@ class ProgressLog(keras.callbacks.Callback):
 
 
 class HParamsSummary(keras.callbacks.Callback):
-    """Writes the run's hyperparameters and final metrics for TensorBoard's HParams dashboard."""
+    """Writes the run's hyperparameters (at train begin) and final metrics (`write_final`,
+    once the run knows them: the best epoch's with `trainer.use_best`) for TensorBoard's HParams
+    dashboard."""
 
-    def __init__(self, log_dir: Path, hparams: dict, evaluation: keras.callbacks.Callback):
+    def __init__(self, log_dir: Path, hparams: dict):
         super().__init__()
         self.log_dir = str(log_dir)
         self.hparams = hparams
-        self.evaluation = evaluation
 
     def on_train_begin(self, logs=None):
         with tf.summary.create_file_writer(self.log_dir).as_default():
             hparams_api.hparams(self.hparams)
 
-    def on_train_end(self, logs=None):
+    def write_final(self, final: dict[str, float]) -> None:
         with tf.summary.create_file_writer(self.log_dir).as_default():
-            for name, value in self.evaluation.latest.items():
+            for name, value in final.items():
                 tf.summary.scalar(f"final/{name}", value, step=0)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 
+from app.training.collapse import CollapseCheckedEvaluation
 from app.training.resume import all_states, nonfinite_weights, save_state
 
 
@@ -133,16 +134,18 @@ class StepCheckpoint(keras.callbacks.Callback):
         self.save_seconds.append(time.perf_counter() - started)
 
 
-# What Keras' stateful callbacks remember between epochs, and reset in on_train_begin.
+# What stateful callbacks remember between epochs (Keras' reset it in on_train_begin).
 REMEMBERED = (
     (keras.callbacks.EarlyStopping, ("wait", "best", "best_epoch", "stopped_epoch")),
     (keras.callbacks.ModelCheckpoint, ("best",)),
+    (CollapseCheckedEvaluation, ("collapsed",)),
 )
 
 
 class CallbackMemory(keras.callbacks.Callback):
-    """Keeps what ModelCheckpoint and EarlyStopping remember (best value, patience) across
-    `fit` calls, resumes and rollbacks: taken at each epoch end, put back at each train begin.
+    """Keeps what ModelCheckpoint and EarlyStopping remember (best value, patience), and
+    CollapseCheckedEvaluation's collapse record, across `fit` calls, resumes and rollbacks:
+    taken at each epoch end, put back at each train begin.
 
     Place it after those callbacks (their on_train_begin resets, their on_epoch_end updates).
 

@@ -70,6 +70,8 @@ class CollapseCheckedEvaluation(FullEvaluation):
     (a dict the caller puts into metrics.json) under `collapsed`: the first collapsed epoch
     (1-based), every collapsed epoch, what collapsed first, and whether training stopped. With
     `on_collapse="stop"` training stops after that epoch (its checkpoints are still written).
+    The record is also the callback's `collapsed`, which training states keep across a resume
+    (app.training.checkpoints.CallbackMemory).
 
     Args:
         dataset, targets, task, loss: as FullEvaluation's.
@@ -83,17 +85,20 @@ class CollapseCheckedEvaluation(FullEvaluation):
         self.on_collapse = on_collapse
         self.hint = hint
         self.record = record
+        self.collapsed: dict | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         found = collapse(self.task, self.targets, self.outputs)
         if found is None:
+            if self.collapsed:  # an earlier epoch's, restored by a resume
+                self.record["collapsed"] = self.collapsed
             return
         stop = self.on_collapse == "stop"
-        previous = self.record.get("collapsed")
+        previous = self.collapsed
         epochs = [*(previous["epochs"] if previous else []), epoch + 1]
-        self.record["collapsed"] = {**(previous or found), "epoch": epochs[0], "epochs": epochs,
-                                    "stopped": stop}
+        self.collapsed = self.record["collapsed"] = {
+            **(previous or found), "epoch": epochs[0], "epochs": epochs, "stopped": stop}
         what = (f"predicts {found['predicted']!r} for every eval example (its share of the eval "
                 f"split: {found['eval_share']:.3f})" if found["kind"] == "one_class" else
                 f"predicts nearly the same score for every eval example (std "
