@@ -5,7 +5,7 @@
     -> prepared/corpus/{manifest.json, spm.model, train-*.tfrecord.gz, eval-*.tfrecord.gz}
 
 Pretrain from it with `albert-train experiment=pretrain_wikitext2 data=prepared
-data.prepared=prepared/corpus`. The folder's format: app.data.pretraining.shards.
+data.prepared=prepared/corpus`. The folder's format: app.data.pretraining.shard_format.
 """
 
 import logging
@@ -18,15 +18,13 @@ import sentencepiece
 
 from app.data.pretraining.corpus import expand_files
 from app.data.pretraining.pipeline import corpus_sentences, special_ids
-from app.data.pretraining.shards import (
+from app.data.pretraining.shard_format import (
     MANIFEST_FILE,
     PROGRESS_DIR,
     SETTINGS_FILE,
     TOKENIZER_FILE,
-    PrepareSettings,
-    prepare_corpus,
-    text_size,
 )
+from app.data.pretraining.shard_writer import PrepareSettings, prepare_corpus, text_size
 from app.data.tokenizer import train_sentencepiece
 from app.errors import ConfigError
 from app.runtime.console import command

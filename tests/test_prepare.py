@@ -18,15 +18,12 @@ from app.data.pretraining.masking import NGramMasker
 from app.data.pretraining.pairs import iter_examples
 from app.data.pretraining.pipeline import special_ids
 from app.data.pretraining.sentence_order import order_and_mask
+from app.data.pretraining.shard_format import MANIFEST_FILE, encode_example, record_parser
+from app.data.pretraining.shard_writer import PrepareSettings, prepare_corpus
 from app.data.pretraining.shards import (
-    MANIFEST_FILE,
-    PrepareSettings,
     ShardStream,
-    encode_example,
     open_prepared,
     pipeline_stream,
-    prepare_corpus,
-    record_parser,
     worker_shards,
 )
 from app.data.tokenizer import train_sentencepiece

@@ -23,14 +23,13 @@ from test_resume import (
     wait_for_step,
 )
 
+from app.data.pretraining.shard_format import MANIFEST_FILE
+from app.data.pretraining.shard_writer import PrepareSettings, prepare_corpus
 from app.data.pretraining.shards import (
-    MANIFEST_FILE,
     SOURCE_FILE,
-    PrepareSettings,
     open_prepared,
     pipeline_steps,
     pipeline_stream,
-    prepare_corpus,
 )
 from app.data.tokenizer import train_sentencepiece
 from app.errors import ConfigError
