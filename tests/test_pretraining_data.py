@@ -236,15 +236,20 @@ def test_random_b_pairs_are_never_in_order_and_never_reach_the_model_inputs(proc
     flags = [e["random_next"] for e in examples.as_numpy_iterator()]
     masker = NGramMasker([processor.id_to_piece(i) for i in range(processor.get_piece_size())],
                          max_predictions=4)
-    labels = np.concatenate(
-        [y["sop"] for x, y, _ in masked_eval_batches(examples, masker, 16, 1).as_numpy_iterator()])
+    labels = np.concatenate([y["sop"] for x, y, _ in masked_eval_batches(
+        examples, order_and_mask(masker), 16, 1).as_numpy_iterator()])
     assert (labels[np.array(flags) == 1] == SOP_SWAPPED).all()
     assert 0.4 < labels[np.array(flags) == 0].mean() < 0.6
+    for random_b_weight in (1.0, 0.0):  # data.random_b_sop_weight: only the random Bs change
+        weights = np.concatenate([w["sop"] for _, _, w in masked_eval_batches(
+            examples, order_and_mask(masker, random_b_weight), 16, 1).as_numpy_iterator()])
+        want = np.where(np.array(flags) == 1, random_b_weight, 1.0)
+        np.testing.assert_array_equal(weights, want)
     model_inputs = {"token_ids", "segment_ids", "padding_mask", "mask_positions"}
     stream = epoch_stream(examples, count, 16, 100, 1, 1, per_example=order_and_mask(masker))
     x, y, weights = next(iter(stream(0)))
     assert set(x) == model_inputs and set(y) == set(weights) == {"mlm", "sop"}
-    x, _, _ = next(iter(masked_eval_batches(examples, masker, 16, 1)))
+    x, _, _ = next(iter(masked_eval_batches(examples, order_and_mask(masker), 16, 1)))
     assert set(x) == model_inputs
 
 
@@ -428,7 +433,7 @@ def pipeline(documents, processor, seed, training=True, data=None, epochs=2):
     data = data or corpus_config()
     examples, count = pretraining_examples(lambda: iter(documents), processor, data, seed=seed)
     if not training:
-        return masked_eval_batches(examples, masker, 16, seed), count
+        return masked_eval_batches(examples, order_and_mask(masker), 16, seed), count
     stream = epoch_stream(examples, count, 16, data.shuffle_buffer, seed, epochs,
                           per_example=order_and_mask(masker))
     return stream, -(-count // 16)

@@ -68,6 +68,7 @@ class DataConfig:
     masked_lm_prob: float = 0.15
     max_ngram: int = 3
     short_seq_prob: float = 0.1
+    random_b_sop_weight: float = 1.0      # SOP loss weight of pairs with a random B (ALBERT: 1)
     # Pretraining from a folder written by albert-prepare (`data=prepared`, see
     # app.data.pretraining.shards): the folder, shard files read together, the hash check.
     prepared: str | None = None

@@ -163,6 +163,7 @@ class Pretraining:
         self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.tokenizer.proto)
         special_ids(self.processor, "the run's tokenizer")
         self.masker = build_masker(self.tokenizer, self.cfg.data)
+        self.transform = order_and_mask(self.masker, self.cfg.data.random_b_sop_weight)
         return self.tokenizer
 
     def build_pipelines(self, strategy: tf.distribute.Strategy) -> TrainingData:
@@ -180,7 +181,7 @@ class Pretraining:
                  self.extra_metrics["train_pairs"], self.extra_metrics["eval_pairs"])
         batches = epoch_stream(train, num_train, cfg.trainer.batch_size, cfg.data.shuffle_buffer,
                                cfg.seed, cfg.trainer.epochs,
-                               per_example=order_and_mask(self.masker))
+                               per_example=self.transform)
         self.data = TrainingData(batches, num_train, math.ceil(num_train / cfg.trainer.batch_size))
         return self.data
 
@@ -192,10 +193,10 @@ class Pretraining:
         epochs = cfg.trainer.epochs
         stream = partial(pipeline_stream, self.corpus, cfg.trainer.batch_size,
                          cfg.data.shuffle_buffer, cfg.data.shard_group_size, cfg.seed,
-                         order_and_mask(self.masker))
+                         self.transform)
         examples, num_eval = eval_examples(self.corpus)
         self.eval_examples = examples.map(lambda example_id, features: features)
-        self.eval_batches = eval_batches(examples, order_and_mask(self.masker),
+        self.eval_batches = eval_batches(examples, self.transform,
                                          cfg.trainer.batch_size, cfg.seed)
         if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
             workers, replicas = cluster_workers(), strategy.num_replicas_in_sync
@@ -247,7 +248,8 @@ class Pretraining:
         """MLM and SOP metrics on fixed masks after every epoch; also records them before."""
         batch_size = self.cfg.trainer.batch_size
         batches = (self.eval_batches if self.cfg.data.prepared else
-                   masked_eval_batches(self.eval_examples, self.masker, batch_size, self.cfg.seed))
+                   masked_eval_batches(self.eval_examples, self.transform, batch_size,
+                                       self.cfg.seed))
         evaluation = PretrainingEvaluation(batches,
                                            self.eval_examples.map(pair_kinds).batch(batch_size))
         self.extra_metrics["initial"] = evaluation.evaluate(model)

@@ -140,7 +140,8 @@ class NGramMasker:
 
         Returns:
             x with masked `token_ids` and `mask_positions`; y with `mlm` (original ids at the
-            positions) and `sop`; sample weights (`mlm`: 1 for real predictions, 0 for padding).
+            positions) and `sop`; sample weights (`mlm`: 1 for real predictions, 0 for padding;
+            `sop`: the example's `sop_weight`, 1 without one).
         """
         token_ids = tf.cast(features["token_ids"], tf.int32)
         span_seed, replace_seed, random_seed = tf.unstack(
@@ -168,5 +169,5 @@ class NGramMasker:
         weights = tf.pad(tf.ones_like(positions, tf.float32), padding)
         y = {"mlm": tf.ensure_shape(labels, [self.max_predictions]), "sop": features["sop_label"]}
         sample_weight = {"mlm": tf.ensure_shape(weights, [self.max_predictions]),
-                         "sop": tf.ones([], tf.float32)}
+                         "sop": tf.cast(features.get("sop_weight", 1.0), tf.float32)}
         return x, y, sample_weight

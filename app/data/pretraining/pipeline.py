@@ -6,7 +6,7 @@ masking run every epoch in tf.data ops, so both are fresh each epoch and reprodu
 """
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +15,7 @@ import tensorflow as tf
 from omegaconf import DictConfig
 
 from app.data.pretraining.corpus import iter_documents
-from app.data.pretraining.masking import NGramMasker
 from app.data.pretraining.pairs import SpecialIds, iter_examples
-from app.data.pretraining.sentence_order import order_and_mask
 from app.data.tokenizer import SPECIAL_PIECES
 from app.errors import ConfigError, DataError
 
@@ -159,15 +157,14 @@ def pretraining_examples(
 
 
 def masked_eval_batches(
-    examples: tf.data.Dataset, masker: NGramMasker, batch_size: int, seed: int
+    examples: tf.data.Dataset, per_example: Callable, batch_size: int, seed: int
 ) -> tf.data.Dataset:
     """Evaluation batches in corpus order, with the same sentence orders and masks every epoch
-    (seeded by position)."""
+    (`per_example(example, seed)`, e.g. `order_and_mask(masker)`, seeded by position)."""
     eval_seed = tf.constant(seed + 1, tf.int64)
-    transform = order_and_mask(masker)
     return (
         examples.enumerate()
-        .map(lambda i, example: transform(example, tf.stack([eval_seed, i])),
+        .map(lambda i, example: per_example(example, tf.stack([eval_seed, i])),
              num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)

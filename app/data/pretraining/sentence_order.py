@@ -6,7 +6,9 @@ fixed swap per pair, the sentence-order head learns the pairs by heart over seve
 (WikiText-2, 5 epochs: training SOP accuracy rose to 0.72 while validation fell to 0.51).
 
 A pair whose B comes from another document (`random_next`, see app.data.pretraining.pairs) has
-no order: as in ALBERT it is labelled 1 ("not in order") every epoch and left A, B.
+no order: as in ALBERT it is labelled 1 ("not in order") every epoch and left A, B. Its weight in
+the SOP loss is `random_b_weight` (`data.random_b_sop_weight`; 1 as in ALBERT, 0: the head learns
+only from pairs that have an order, not to spot a B from another document).
 """
 
 import tensorflow as tf
@@ -17,17 +19,18 @@ SOP_IN_ORDER, SOP_SWAPPED = 0, 1
 SOP_SUBSETS = ("whole", "trimmed", "random_next")  # see pair_kinds
 
 
-def draw_sentence_order(features: dict, seed) -> dict:
+def draw_sentence_order(features: dict, seed, random_b_weight: float = 1.0) -> dict:
     """`[CLS] A [SEP] B [SEP]` kept or, with probability 1/2, turned into `[CLS] B [SEP] A [SEP]`.
 
     Args:
         features: one packed example (`token_ids`, `segment_ids`, `padding_mask`), A before B;
             with `random_next` 1, B is from another document and the pair is never swapped.
         seed: int64 [2] stateless seed.
+        random_b_weight: the SOP loss weight of a pair with a random B.
 
     Returns:
         the example, possibly swapped, with `sop_label` (int32: 0 in order, 1 swapped or
-        random B).
+        random B) and `sop_weight` (float32: 1, or `random_b_weight` for a random B).
     """
     token_ids, segment_ids = features["token_ids"], features["segment_ids"]
     real = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32))
@@ -47,6 +50,7 @@ def draw_sentence_order(features: dict, seed) -> dict:
         "segment_ids": tf.ensure_shape(tf.where(swap, swapped_segments, segment_ids),
                                        segment_ids.shape),
         "sop_label": tf.where(swap | random_next, SOP_SWAPPED, SOP_IN_ORDER),
+        "sop_weight": tf.where(random_next, tf.constant(random_b_weight, tf.float32), 1.0),
     }
 
 
@@ -59,12 +63,12 @@ def pair_kinds(example: dict) -> dict:
     return {"whole": ~trimmed & ~random_next, "trimmed": trimmed, "random_next": random_next}
 
 
-def order_and_mask(masker: NGramMasker):
+def order_and_mask(masker: NGramMasker, random_b_weight: float = 1.0):
     """The per-example transform of pretraining: draw the sentence order, then the masks."""
 
     def transform(features: dict, seed):
         order_seed, mask_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        return masker(draw_sentence_order(features, order_seed), mask_seed)
+        return masker(draw_sentence_order(features, order_seed, random_b_weight), mask_seed)
 
     return transform
 
