@@ -22,6 +22,7 @@ from app.data.pretraining.shard_format import MANIFEST_FILE, encode_example, rec
 from app.data.pretraining.shard_writer import PrepareSettings, prepare_corpus
 from app.data.pretraining.shards import (
     ShardStream,
+    eval_examples,
     open_prepared,
     pipeline_stream,
     worker_shards,
@@ -261,6 +262,11 @@ def test_a_tiny_pretraining_run_from_a_prepared_folder(prepared, tmp_path):
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "completed"
     assert metrics["train_examples"] == manifest["splits"]["train"]["examples"]
     assert metrics["eval_examples"] == manifest["splits"]["eval"]["examples"]
+    flags = [(int(f["trimmed"]), int(f["random_next"])) for _, f in
+             eval_examples(open_prepared(prepared, SEQUENCE_LENGTH))[0].as_numpy_iterator()]
+    assert metrics["eval_pairs"] == {"whole": flags.count((0, 0)),
+                                     "trimmed": sum(t for t, _ in flags),
+                                     "random_next": sum(r for _, r in flags)}
     assert (tmp_path / "run" / "tokenizer" / "spm.model").read_bytes() == (
         prepared / "spm.model").read_bytes()
     assert all(math.isfinite(metrics["final"][k]) for k in ("val_loss", "val_mlm_accuracy"))

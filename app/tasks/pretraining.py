@@ -219,8 +219,11 @@ class Pretraining:
 
             log.info("Pretraining on %d prepared examples in %d shards (groups of %d)",
                      num_train, len(single.paths), single.group_size)
-        log.info("Evaluating on %d prepared examples", num_eval)
-        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval)
+        eval_pairs = count_pair_kinds(self.eval_examples)  # one pass, as every evaluation
+        log.info("Evaluating on %d prepared examples (whole / trimmed / random B: %s)", num_eval,
+                 eval_pairs)
+        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval,
+                                  eval_pairs=eval_pairs)
         self.data = TrainingData(batches, num_train, steps)
         return self.data
 
