@@ -104,13 +104,13 @@ def test_documents_split_at_wikitext_headings(tmp_path):
                          ["Beta one .", "Beta two ."]]
 
 
-def test_a_tsv_file_gives_its_text_column_as_one_document(tmp_path):
-    (tmp_path / "task.tsv").write_text("label\treview\n1\tgreat fun . really\n0\tdull\n",
-                                       encoding="utf-8")
+def test_each_row_of_a_tsv_file_is_a_document_of_its_text_column(tmp_path):
+    (tmp_path / "task.tsv").write_text(
+        "label\treview\n1\tgreat fun . really\n0\tDull. Too long.\n", encoding="utf-8")
     (tmp_path / "wiki.txt").write_text("Alpha. Beta.\n", encoding="utf-8")
     files = expand_files(tmp_path, "wiki.txt,task.tsv", "data.train_file")
     assert list(iter_documents(files, text_column="review")) == [
-        ["Alpha.", "Beta."], ["great fun . really", "dull"]]
+        ["Alpha.", "Beta."], ["great fun . really"], ["Dull.", "Too long."]]
     with pytest.raises(DataError, match=r"task.tsv.*'sentence'"):
         list(iter_documents(files))
 

@@ -1,9 +1,10 @@
 """Stream documents of sentences from raw text files (globs, `.gz` too) and TSV text columns.
 
 Documents are separated by blank lines, or, with `document_pattern`, start at heading lines
-(WikiText's ` = Title = `). A TSV file (`*.tsv`, header row) gives one line per row, its
-`text_column` (a task's own texts for task-adaptive pretraining): the whole file is one
-document. Nothing is held in memory beyond one document.
+(WikiText's ` = Title = `). A TSV file (`*.tsv`, header row) gives its `text_column` (a task's
+own texts for task-adaptive pretraining), each row a document of its sentences: consecutive rows
+are unrelated texts, so no sentence-order pair spans two rows (a one-sentence row gets a random
+B, see app.data.pretraining.pairs). Nothing is held in memory beyond one document.
 """
 
 import glob
@@ -103,7 +104,7 @@ def iter_documents(
     """Yield each document as a list of sentences, streaming through `files` in order.
 
     Args:
-        files: text files; each file also ends a document.
+        files: text files; each file also ends a document (each row of a TSV file is one).
         document_pattern: regex of lines that start a new document (the line itself is dropped);
             None: blank lines separate documents.
         skip_pattern: regex of lines to drop (e.g. WikiText's `= = Section = =` headings).
@@ -112,6 +113,9 @@ def iter_documents(
     heading = re.compile(document_pattern) if document_pattern else None
     skip = re.compile(skip_pattern) if skip_pattern else None
     for path in files:
+        if path.suffix == ".tsv":
+            yield from filter(None, map(split_sentences, read_lines(path, text_column)))
+            continue
         sentences: list[str] = []
         for line in read_lines(path, text_column):
             starts_document = heading.match(line) if heading else not line.strip()
