@@ -24,6 +24,7 @@ def run_app(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(tmp_path, sentiment_dir):
     common = [*TINY, "data=tsv", f"data.dir={sentiment_dir}", "trainer.deterministic=true",
               "seed=3"]
@@ -56,6 +57,7 @@ def test_bad_input_fails_before_training_with_a_clear_message(tmp_path):
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_runs_get_their_own_folders_under_output_dir(tmp_path, sentiment_dir):
     result = run_app(*TINY, "data=tsv", f"data.dir={sentiment_dir}", "trainer.epochs=1",
                      f"paths.output_dir={tmp_path}", "name=tiny")

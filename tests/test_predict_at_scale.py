@@ -241,6 +241,7 @@ def test_evaluate_in_chunks_equals_the_whole_file_at_once(run_dir, tmp_path):
     assert whole["metrics"] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_sentence_pairs_are_bucketed_like_single_sentences(tmp_path):
     data = write_splits(tmp_path / "pairs", ("sentence1", "sentence2", "label"),
                         synthetic.pair_rows, 160, seed=3)

@@ -81,6 +81,7 @@ def test_predict_on_pairs_matches_the_saved_model_inputs(pair_run, tmp_path):
     np.testing.assert_allclose(got, softmax(np.array(recorded["outputs"])), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_regression_run_serves_and_predicts_scores(tmp_path):
     data = write_splits(tmp_path / "data", ("sentence", "score"), synthetic.regression_rows, 96,
                         5)

@@ -87,6 +87,7 @@ def assert_best_marked(sweep: Path, jobs: list[Path]) -> list:
     return rows
 
 
+@pytest.mark.slow
 def test_grid_sweep_with_failing_jobs(tmp_path, sentiment_dir):
     sweep = tmp_path / "grid"
     run_sweep(sweep, sentiment_dir, "optimizer.learning_rate=1e-3,3e-3",
@@ -112,6 +113,7 @@ def test_grid_sweep_with_failing_jobs(tmp_path, sentiment_dir):
     assert text.count("failed") == 2 and "must be divisible by `model.num_heads`" in text
 
 
+@pytest.mark.slow
 def test_optuna_search_records_failed_trials(tmp_path, sentiment_dir):
     # Optuna's grid sampler draws distinct points of the grid in an order of its own (unseeded
     # in this plugin). 3 of these 4 points hold at least one with the bad heads and one without,

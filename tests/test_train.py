@@ -138,6 +138,7 @@ def initial_backbone_weights(cfg, run_dir: Path) -> list[np.ndarray]:
     return model.backbone.get_weights()
 
 
+@pytest.mark.slow
 def test_fine_tune_from_local_preset_starts_from_its_weights(tmp_path, sentiment_dir):
     _, first = run_tiny(tmp_path, sentiment_dir, "trainer.epochs=1")
     preset = first / "export" / "preset"

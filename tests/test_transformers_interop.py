@@ -279,6 +279,7 @@ def trained(tmp_path: Path, data_dir: Path, *overrides: str) -> Path:
     return tmp_path / "run" / "export"
 
 
+@pytest.mark.slow
 def test_fine_tuned_from_a_transformers_folder_exports_what_transformers_reloads(
         tmp_path, spiece, sentiment_dir):
     folder = transformers_folder(tmp_path / "albert", spiece, transformers.AlbertModel)
