@@ -104,6 +104,7 @@ class PretrainingEvaluation(CompiledEvaluation):
     def __init__(self, batches: tf.data.Dataset, kinds: tf.data.Dataset):
         super().__init__(batches)
         self.kinds = kinds
+        self.pair_counts: dict[str, int] = {}  # eval pairs of each kind, once evaluated
         self._model = self._sop_logits = None
 
     def evaluate(self, model: keras.Model) -> dict[str, float]:
@@ -119,6 +120,7 @@ class PretrainingEvaluation(CompiledEvaluation):
             for kind in SOP_SUBSETS:
                 correct[kind] += int(tf.math.count_nonzero(right & kinds[kind]))
                 total[kind] += int(tf.math.count_nonzero(kinds[kind]))
+        self.pair_counts = total
         return {**results, **{f"val_sop_accuracy_{kind}":
                               correct[kind] / total[kind] if total[kind] else math.nan
                               for kind in SOP_SUBSETS}}
@@ -175,10 +177,9 @@ class Pretraining:
         train, num_train, self.eval_examples, num_eval = _examples(cfg, self.processor)
         log.info("Pretraining on %d examples, evaluating on %d", num_train, num_eval)
         self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval,
-                                  train_pairs=count_pair_kinds(train),
-                                  eval_pairs=count_pair_kinds(self.eval_examples))
-        log.info("Pair kinds (whole / trimmed / random B): training %s, eval %s",
-                 self.extra_metrics["train_pairs"], self.extra_metrics["eval_pairs"])
+                                  train_pairs=count_pair_kinds(train))
+        log.info("Training pair kinds (whole / trimmed / random B): %s",
+                 self.extra_metrics["train_pairs"])
         batches = epoch_stream(train, num_train, cfg.trainer.batch_size, cfg.data.shuffle_buffer,
                                cfg.seed, cfg.trainer.epochs,
                                per_example=self.transform)
@@ -219,11 +220,8 @@ class Pretraining:
 
             log.info("Pretraining on %d prepared examples in %d shards (groups of %d)",
                      num_train, len(single.paths), single.group_size)
-        eval_pairs = count_pair_kinds(self.eval_examples)  # one pass, as every evaluation
-        log.info("Evaluating on %d prepared examples (whole / trimmed / random B: %s)", num_eval,
-                 eval_pairs)
-        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval,
-                                  eval_pairs=eval_pairs)
+        log.info("Evaluating on %d prepared examples", num_eval)
+        self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval)
         self.data = TrainingData(batches, num_train, steps)
         return self.data
 
@@ -256,6 +254,8 @@ class Pretraining:
         evaluation = PretrainingEvaluation(batches,
                                            self.eval_examples.map(pair_kinds).batch(batch_size))
         self.extra_metrics["initial"] = evaluation.evaluate(model)
+        self.extra_metrics["eval_pairs"] = evaluation.pair_counts
+        log.info("Eval pair kinds (whole / trimmed / random B): %s", evaluation.pair_counts)
         return evaluation
 
     def export(self, model: keras.Model, layout: RunLayout) -> Path:
