@@ -13,7 +13,7 @@ from conftest import TINY, run_command
 
 from app.config.schema import SCHEMAS, TrainConfig
 from app.runtime.console import check_override_keys, config_groups
-from app.runtime.native_logs import is_native_log_line
+from app.runtime.native_logs import drop_native_lines, is_native_log_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +112,14 @@ def test_native_log_lines_are_recognized():
     assert not is_native_log_line(b"F0000 00:00:17.0 1 x.cc:1] fatal: always shown")
     assert not is_native_log_line(b"[2026-12-01 23:19:47,001][app.train][INFO] - Reading data")
     assert not is_native_log_line(b"error: `data.dir` does not exist. Received: 'x'")
+
+
+def test_continuation_lines_of_a_native_log_line_are_dropped_with_it():
+    native = b"W0000 00:00:1796412308.879213    6366 op_kernel.cc:1857] OUT_OF_RANGE: End of"
+    lines = [b"step 1", native, b"\t [[{{node MultiDeviceIteratorGetNextFromShard}}]]",
+             b"  indented", b"step 2", b"\tan indented line of ours"]
+    ours = [b"step 1", b"step 2", b"\tan indented line of ours"]
+    assert drop_native_lines(lines, False) == (ours, False)
+    # A continuation that arrives in the next chunk is dropped too.
+    assert drop_native_lines([b"\t [[{{node x}}]]", b"next"], True) == ([b"next"], False)
+    assert drop_native_lines([native], False) == ([], True)

@@ -28,16 +28,28 @@ def is_native_log_line(line: bytes) -> bool:
     return NATIVE_LINE.match(line) is not None
 
 
+def drop_native_lines(lines: list[bytes], after_native: bool) -> tuple[list[bytes], bool]:
+    """The lines to keep: neither native log lines nor their indented continuation lines (an
+    op error's `\t [[{{node ...}}]]`); `after_native` says whether the line before `lines` was
+    dropped as native, and the second value whether the last line was."""
+    kept = []
+    for line in lines:
+        after_native = is_native_log_line(line) or (after_native and line[:1] in (b"\t", b" "))
+        if not after_native:
+            kept.append(line)
+    return kept, after_native
+
+
 def _forward(read_fd: int, out_fd: int) -> None:
     with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        pending = b""
+        pending, after_native = b"", False
         while chunk := pipe.read(65536):
             *lines, pending = (pending + chunk).split(b"\n")
-            kept = [line + b"\n" for line in lines if not is_native_log_line(line)]
+            kept, after_native = drop_native_lines(lines, after_native)
             if kept:
-                os.write(out_fd, b"".join(kept))
-        if pending and not is_native_log_line(pending):
-            os.write(out_fd, pending)
+                os.write(out_fd, b"".join(line + b"\n" for line in kept))
+        if pending:
+            os.write(out_fd, b"".join(drop_native_lines([pending], after_native)[0]))
 
 
 def filter_native_logs() -> None:
