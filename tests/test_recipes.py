@@ -79,6 +79,14 @@ def test_recipes_exist():
     assert {"sst2", "trec", "mrpc", "rte", "qnli", "stsb"} <= recipes
 
 
+@pytest.mark.parametrize("name,data", [("sst2_pretrained", "sst2"), ("trec_pretrained", "trec")])
+def test_pretrained_recipes_fine_tune_the_preset_at_its_rate(name, data):
+    cfg = compose_config(f"experiment={name}", "model.preset=runs/x/export/preset")
+    assert cfg.data.name == data and cfg.model.preset == "runs/x/export/preset"
+    assert cfg.optimizer.learning_rate == cfg.model.preset_learning_rate
+    assert cfg.trainer.use_best
+
+
 def write_wikitext(path: Path, documents: list[list[str]]) -> None:
     """WikiText's layout: ` = Title = ` lines start articles, paragraphs are single lines."""
     lines = [line for index, document in enumerate(documents)
