@@ -54,7 +54,17 @@ def test_bench_fine_tuning_with_bucketing_counts_real_tokens(tmp_path):
     # Bucket-cut batches: fewer padded tokens than full length, more than the real ones.
     assert batches["real_tokens"] < batches["padded_tokens"] < batches["examples"] * 64
     assert batches["real_flops"] < batches["padded_flops"]
+    assert list(report["matmul_peak_flops_per_second"]) == ["float32"]
     assert "app / bare" in stdout
+
+
+def test_bench_mfu_is_against_the_matmul_peak_of_the_compute_dtype(tmp_path):
+    report, stdout = run_bench(tmp_path / "bench", *TINY, f"data.dir={tmp_path / 'missing'}",
+                               "data.max_train_examples=64", "trainer.precision=mixed_bfloat16",
+                               *QUICK)
+    assert report["config"]["precision"] == "mixed_bfloat16"
+    assert list(report["matmul_peak_flops_per_second"]) == ["bfloat16"]
+    assert "matmul peak GFLOP/s          bfloat16" in stdout
 
 
 def test_bench_predict_times_both_bucketing_modes(tmp_path):

@@ -183,6 +183,12 @@ def bench_training(cfg: DictConfig) -> dict:
     warm_up(bare, in_memory([for_bare(b, pretraining) for b in probe], spec), spe, options)
 
     steps = window_steps(step_seconds, spe, options)
+    # MFU is against the peak of the matmuls the model runs: on its device (a GPU's needs larger
+    # matrices to reach it), in its compute dtype (bfloat16 under mixed_bfloat16).
+    compute_dtype = tf.as_dtype(model.backbone.compute_dtype)
+    on_gpu = "GPU" in strategy.extended.worker_devices[0].upper()
+    peak_args = (options.matmul_size * (4 if on_gpu else 1), compute_dtype,
+                 "/gpu:0" if on_gpu else "/cpu:0", options.matmul_seconds)
     # A second iterator over the app's stream, in step with the app's fit: after each app
     # window it yields that window's batches, which the bare loop then runs from memory.
     shadow = iter(data.batches(0).repeat())
@@ -199,7 +205,7 @@ def bench_training(cfg: DictConfig) -> dict:
         bare.fit(in_memory([for_bare(b, pretraining) for b in batches], spec), epochs=1,
                  steps_per_epoch=steps, callbacks=[bare_timer], shuffle=False, verbose=0)
         windows["bare"].append(bare_timer.seconds[-1])
-        windows["peak"].append(matmul_peak(options.matmul_size, seconds=options.matmul_seconds))
+        windows["peak"].append(matmul_peak(*peak_args))
 
     log.info("Timing %d interleaved windows (app, bare, matmul peak) of %d steps",
              options.windows, steps)
@@ -212,11 +218,7 @@ def bench_training(cfg: DictConfig) -> dict:
     bare_rates = [window_rates(s, st, p) for s, st, p in
                   zip(windows["bare"], windows["stats"], windows["peak"], strict=True)]
     ratios = [a / b for a, b in zip(windows["bare"], windows["app"], strict=True)]
-    peaks = {"float32": spread(windows["peak"])}
-    if tf.config.list_physical_devices("GPU"):
-        size, seconds = options.matmul_size * 4, options.matmul_seconds
-        peaks["gpu_float32"] = spread([matmul_peak(size, tf.float32, "/gpu:0", seconds)])
-        peaks["gpu_bfloat16"] = spread([matmul_peak(size, tf.bfloat16, "/gpu:0", seconds)])
+    peaks = {("gpu_" if on_gpu else "") + compute_dtype.name: spread(windows["peak"])}
     total = windows["stats"][0]
     report = {
         "config": {
