@@ -1,9 +1,13 @@
-"""`albert-tokenizer`: train a SentencePiece model with ALBERT's special pieces on text files.
+"""`albert-tokenizer`: train a SentencePiece model with ALBERT's special pieces on text files,
+or a WordPiece vocabulary (`kind=wordpiece`, BERT's specials, as Chinese ALBERTs use).
 
     albert-tokenizer input='corpus/*.txt' vocab_size=16000
     -> experiments/tokenizer/<ts>/{spm.model, spm.vocab, report.json}
+    albert-tokenizer input='corpus/*.txt' vocab_size=21128 kind=wordpiece
+    -> experiments/tokenizer/<ts>/{vocab.txt, report.json}
 
-Use the model with `tokenizer.proto=<output>/spm.model` in `albert-train`.
+Use it with `tokenizer.proto=<output>/spm.model` (or `tokenizer.kind=wordpiece
+tokenizer.vocab=<output>/vocab.txt`) in `albert-train`.
 """
 
 import logging
@@ -22,8 +26,9 @@ REPORT_FILE = "report.json"
 def main(cfg) -> None:
     """`albert-tokenizer input=<files> vocab_size=16000 [key=value ...]`."""
     output = Path(cfg.output)
-    report = train_tokenizer(cfg.input, output, cfg.vocab_size, cfg.model_type, cfg.lowercase,
-                             cfg.character_coverage, cfg.input_sentence_size, cfg.holdout_every)
+    report = train_tokenizer(cfg.input, output, cfg.vocab_size, cfg.kind, cfg.model_type,
+                             cfg.lowercase, cfg.character_coverage, cfg.input_sentence_size,
+                             cfg.holdout_every)
     write_json(output / REPORT_FILE, report)
     log.info("Wrote %s (%s): %d pieces, %.3f pieces/word, word coverage %.4f on %d held-out "
              "sentences", report["model"], REPORT_FILE, report["vocab_size"],

@@ -11,7 +11,7 @@ import tensorflow as tf
 from omegaconf import OmegaConf
 
 from app.data.pipeline import epoch_stream
-from app.data.pretraining.corpus import expand_files, iter_documents, split_sentences
+from app.data.pretraining.corpus import expand_files, iter_documents
 from app.data.pretraining.masking import NGramMasker
 from app.data.pretraining.pairs import (
     RecentSentences,
@@ -32,6 +32,7 @@ from app.data.pretraining.sentence_order import (
     draw_sentence_order,
     order_and_mask,
 )
+from app.data.text import split_sentences
 from app.data.tokenizer import SPECIAL_PIECES, train_sentencepiece
 from app.errors import ConfigError, DataError
 
@@ -304,7 +305,9 @@ def test_pack_pair_layout():
 
 
 # A vocabulary like a SentencePiece one: pieces starting a word ("▁...") and continuations.
-VOCAB = list(SPECIAL_PIECES) + [f"\u2581w{i}" for i in range(215)] + [f"c{i}" for i in range(30)]
+# Continuation pieces are plain a-z (a piece with a digit or a CJK character starts a word).
+VOCAB = (list(SPECIAL_PIECES) + [f"\u2581w{i}" for i in range(215)]
+         + [f"c{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(30)])
 
 
 def random_examples(count: int, length: int, seed: int, full: bool = False):

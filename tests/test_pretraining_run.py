@@ -30,7 +30,9 @@ PRETRAIN = [
     # One eval batch: val_mlm_loss (a mean of per-batch means) is then exactly log perplexity
     # (a mean over predictions), whatever the number of predictions per sequence.
     "data.max_eval_examples=16",
-    "trainer.epochs=3",
+    # Punctuation is a word of its own for masking (Google's rule): val MLM loss 4.13 -> 3.87 in
+    # 3 epochs, 3.65 in 4.
+    "trainer.epochs=4",
     "optimizer.learning_rate=0.05",
 ]
 

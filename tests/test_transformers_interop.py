@@ -19,24 +19,25 @@ from conftest import TINY, compose_config
 torch = pytest.importorskip("torch", reason="the `interop` extra (torch) is not installed")
 transformers = pytest.importorskip("transformers", reason="the `interop` extra is not installed")
 
-import keras  # noqa: E402
-import keras_hub  # noqa: E402
+from albert_parity import (  # noqa: E402
+    SMALL,
+    app_inputs,
+    assert_same_ids,
+    backbone_differences,
+    classifier_from,
+    perturb,
+)
 from safetensors.numpy import load_file  # noqa: E402
 
 from app.data import synthetic  # noqa: E402
-from app.data.task import TaskSpec  # noqa: E402
 from app.data.tokenizer import train_sentencepiece  # noqa: E402
 from app.errors import ConfigError, DataError  # noqa: E402
 from app.models.backbone import build_backbone  # noqa: E402
-from app.models.classifier import build_task_model  # noqa: E402
 from app.models.pretrainer import AlbertPretrainer  # noqa: E402
 from app.runs.transformers_export import export_transformers  # noqa: E402
 from app.runtime.loading import load_backbone, load_heads, load_preset_tokenizer  # noqa: E402
 from app.train import train  # noqa: E402
 
-SMALL = dict(embedding_size=16, hidden_size=32, num_hidden_layers=4, num_hidden_groups=2,
-             inner_group_num=2, num_attention_heads=4, intermediate_size=64,
-             max_position_embeddings=64)
 BASE = dict(embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
             intermediate_size=3072, max_position_embeddings=512, vocab_size=30000)
 TEXTS = ["The plot was SUPERB , truly.", "a dull, lifeless film ...",
@@ -55,15 +56,6 @@ def spiece(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("spm")
     return train_sentencepiece(corpus_sentences(), out / "spiece", vocab_size=200,
                                lowercase=False, hard_vocab_limit=False)
-
-
-def perturb(model) -> None:
-    """Random biases and LayerNorm weights, so a swapped or missed tensor shows."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "bias" in name or "LayerNorm" in name:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
 
 
 def transformers_folder(out: Path, spiece: Path, cls, seed: int = 0, **shape) -> Path:
@@ -88,39 +80,11 @@ def hf_inputs(folder: Path, texts, pairs=None) -> dict:
     return tokenizer(*args, padding=True, return_token_type_ids=True, return_tensors="pt")
 
 
-def app_inputs(folder: Path, texts, pairs=None, sequence_length: int = 64) -> dict:
-    tokenizer = load_preset_tokenizer(str(folder))
-    preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
-        tokenizer, sequence_length=sequence_length)
-    inputs = preprocessor(x=list(texts) if pairs is None else (list(texts), list(pairs)))
-    inputs, _, _ = keras.utils.unpack_x_y_sample_weight(inputs)
-    return {k: np.asarray(v) for k, v in inputs.items()}
-
-
-def assert_same_ids(app: dict, hf: dict) -> None:
-    """The app's (padded to its length) and transformers' token ids, segments and masks agree."""
-    length = hf["input_ids"].shape[1]
-    np.testing.assert_array_equal(app["token_ids"][:, :length], hf["input_ids"].numpy())
-    np.testing.assert_array_equal(app["segment_ids"][:, :length], hf["token_type_ids"].numpy())
-    np.testing.assert_array_equal(app["padding_mask"][:, :length], hf["attention_mask"].numpy())
-    assert not app["padding_mask"][:, length:].any()
-
-
 def backbone_parity(folder: Path) -> dict[str, float]:
     """Max abs differences of sequence (real tokens) and pooled outputs, app vs transformers."""
-    hf_model = transformers.AlbertModel.from_pretrained(folder).eval()
     app, hf = app_inputs(folder, *PAIRS), hf_inputs(folder, *PAIRS)
     assert_same_ids(app, hf)
-    outputs = load_backbone(str(folder))(app)
-    with torch.no_grad():
-        expected = hf_model(**hf)
-    length, mask = hf["input_ids"].shape[1], hf["attention_mask"].numpy()[..., None]
-    sequence = np.asarray(outputs["sequence_output"])[:, :length]
-    return {
-        "sequence": float(np.abs((sequence - expected.last_hidden_state.numpy()) * mask).max()),
-        "pooled": float(np.abs(np.asarray(outputs["pooled_output"])
-                               - expected.pooler_output.numpy()).max()),
-    }
+    return backbone_differences(folder, app, hf)
 
 
 def test_backbone_matches_transformers(tmp_path, spiece):
@@ -153,12 +117,6 @@ def test_pretraining_heads_match_transformers(tmp_path, spiece):
                                        - expected.sop_logits.numpy()).max())}
     print("pretraining heads max abs diff", differences)
     assert differences["mlm"] < 1e-4 and differences["sop"] < 1e-5
-
-
-def classifier_from(folder: Path, num_classes: int):
-    cfg = compose_config(*TINY, f"model.preset={folder}", "model.classifier_dropout=0.0")
-    task = TaskSpec("classification", tuple(f"l{i}" for i in range(num_classes)))
-    return build_task_model(cfg.model, task, load_preset_tokenizer(str(folder)).vocabulary_size())
 
 
 def test_round_trip_gives_back_the_same_weights(tmp_path, spiece):
@@ -206,10 +164,11 @@ def test_a_bert_folder_is_refused_naming_model_type(tmp_path, spiece):
         load_backbone(str(folder))
 
 
-def test_a_folder_without_spiece_model_is_refused(tmp_path, spiece):
+def test_a_folder_without_tokenizer_files_asks_for_model_tokenizer(tmp_path, spiece):
     folder = transformers_folder(tmp_path / "albert", spiece, transformers.AlbertModel)
     (folder / "spiece.model").unlink()
-    with pytest.raises(ConfigError, match=r"has no spiece.model"):
+    with pytest.raises(ConfigError, match=r"has no tokenizer \(neither spiece.model nor "
+                                          r"vocab.txt\); set `model.tokenizer=<folder"):
         load_preset_tokenizer(str(folder))
 
 
@@ -251,7 +210,7 @@ import json, sys
 import numpy as np, torch, transformers
 export, kind = sys.argv[1], sys.argv[2]
 sample = json.loads(sys.stdin.read())
-tokenizer = transformers.AlbertTokenizer.from_pretrained(export + "/hf")
+tokenizer = transformers.AutoTokenizer.from_pretrained(export + "/hf")
 cls = getattr(transformers, kind)
 model = cls.from_pretrained(export + "/hf").eval()
 inputs = tokenizer(*sample["inputs"], padding=True, truncation=True, return_tensors="pt")

@@ -30,6 +30,12 @@ class ModelConfig:
     intermediate_dim: int = MISSING
     dropout: float = 0.0
     max_sequence_length: int = 512
+    # The feed-forward activation, by transformers' `hidden_act` names: gelu_new (keras-hub's
+    # tanh GELU), gelu (exact) or relu (several Chinese ALBERTs). A preset's own value wins.
+    activation: str = "gelu_new"
+    # A folder holding the tokenizer of `preset` when the checkpoint ships none
+    # (e.g. bert-base-chinese's vocab.txt for ckiplab's Chinese ALBERTs).
+    tokenizer: str | None = None
     classifier_dropout: float = 0.1
     # Peak learning rates measured for this shape (the optimizer's default follows them, see
     # `peak_learning_rate`): from random init, and fine-tuning a pretrained `preset`.
@@ -62,11 +68,13 @@ class DataConfig:
     positive_label: str | None = None
     # Pretraining (task: pretraining; see app.data.pretraining): train_file/eval_file are globs.
     document_pattern: str | None = None   # regex of heading lines starting a document
+    document_per_line: bool = False       # each line is a document (one review per line)
     skip_pattern: str | None = None       # regex of lines to drop
     eval_fraction: float = 0.05           # held-out documents when eval_file is null
     max_predictions: int = 20
     masked_lm_prob: float = 0.15
     max_ngram: int = 3
+    whole_word_segmenter: str | None = None  # jieba: mask Chinese words whole (in-memory corpora)
     short_seq_prob: float = 0.1
     random_b_sop_weight: float = 1.0      # SOP loss weight of pairs with a random B (ALBERT: 1)
     # Pretraining from a folder written by albert-prepare (`data=prepared`, see
@@ -78,9 +86,11 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    """A SentencePiece model to use (`proto`), or how to train one on the training texts."""
+    """A tokenizer to use (`proto` or `vocab`), or how to train one on the training texts."""
 
-    proto: str | None = None
+    kind: str = "sentencepiece"  # sentencepiece | wordpiece (BERT's, as Chinese ALBERTs use)
+    proto: str | None = None     # a SentencePiece .model (kind: sentencepiece)
+    vocab: str | None = None     # a WordPiece vocab.txt (kind: wordpiece)
     vocab_size: int | None = None  # null: chosen from the training texts (app.tasks.tokenizer)
     model_type: str = "unigram"
     lowercase: bool = True
@@ -224,8 +234,10 @@ class SentencePieceOptions:
 
 @dataclass
 class TokenizerCommandConfig(SentencePieceOptions):
-    """`albert-tokenizer`: a SentencePiece model with ALBERT's special pieces, from text files."""
+    """`albert-tokenizer`: a SentencePiece model with ALBERT's special pieces (or a WordPiece
+    vocabulary), from text files."""
 
+    kind: str = "sentencepiece"
     input: str = MISSING
     output: str = MISSING
     holdout_every: int = 100
@@ -236,6 +248,7 @@ class PrepareDataConfig:
     """How `albert-prepare` reads documents and packs pairs (the training `data` keys)."""
 
     document_pattern: str | None = None
+    document_per_line: bool = False
     skip_pattern: str | None = None
     text_column: str = "sentence"          # the column read from `*.tsv` corpus files
     eval_fraction: float = 0.05

@@ -11,10 +11,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from app.data.pretraining.corpus import expand_files
+from app.data.text.word_units import SEGMENTERS
 from app.errors import ConfigError
 
 TASKS = ("classification", "regression", "pretraining")
 FORMATS = ("tsv", "csv", "jsonl")
+TOKENIZER_KINDS = ("sentencepiece", "wordpiece")
+ACTIVATIONS = ("gelu_new", "gelu", "relu")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 CLASS_WEIGHTS = (None, "balanced")
@@ -60,6 +63,11 @@ def _check_file(key: str, path: Path) -> None:
 def _validate_model(model: DictConfig, sequence_length: int) -> None:
     for key in ("learning_rate", "preset_learning_rate"):
         _check(model[key] > 0, f"`model.{key}` must be > 0. Received: {model[key]}")
+    _check_one_of("model.activation", model.activation, ACTIVATIONS)
+    if model.tokenizer is not None:
+        _check(Path(model.tokenizer).is_dir(),
+               f"`model.tokenizer` must be a folder holding vocab.txt or spiece.model. "
+               f"Received: '{model.tokenizer}'")
     if model.preset is not None:
         remote = "://" in model.preset  # hf://org/name, kaggle://owner/model/...
         looks_like_path = any(sep in model.preset for sep in ("/", "\\")) or model.preset[0] == "."
@@ -141,6 +149,9 @@ def _validate_prepared(data: DictConfig) -> None:
     _check(data.max_train_examples is None and data.max_eval_examples is None,
            "`data.max_train_examples` and `data.max_eval_examples` must be null with "
            "`data.prepared` (prepare a smaller corpus instead)")
+    _check(data.whole_word_segmenter is None,
+           "`data.whole_word_segmenter` applies to in-memory corpora only: set it to null with "
+           "`data.prepared` (the prepared shards hold plain token ids)")
 
 
 def _validate_pretraining_data(data: DictConfig) -> None:
@@ -158,6 +169,8 @@ def _validate_pretraining_data(data: DictConfig) -> None:
     _check_at_least("data.sequence_length", data.sequence_length, 8)
     _check_at_least("data.max_predictions", data.max_predictions, 1)
     _check_at_least("data.max_ngram", data.max_ngram, 1)
+    if data.whole_word_segmenter is not None:
+        _check_one_of("data.whole_word_segmenter", data.whole_word_segmenter, SEGMENTERS)
     _check_at_least("data.max_train_examples", data.max_train_examples, 1)
     _check_at_least("data.max_eval_examples", data.max_eval_examples, 1)
     _check_at_least("data.shuffle_buffer", data.shuffle_buffer, 1)
@@ -207,8 +220,11 @@ def validate(cfg: DictConfig) -> None:
     _check_one_of("direction", cfg.direction, ("maximize", "minimize"))
     _check_one_of("tokenizer.model_type", cfg.tokenizer.model_type, ("unigram", "bpe"))
     _check_at_least("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16)
+    _check_one_of("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)
     if cfg.tokenizer.proto is not None:
         _check_file("tokenizer.proto", Path(cfg.tokenizer.proto))
+    if cfg.tokenizer.vocab is not None:
+        _check_file("tokenizer.vocab", Path(cfg.tokenizer.vocab))
     allowed = tuple(f"val_{name}" for name in task_metrics(cfg.data.task))
     _check_one_of("optimized_metric", optimized_metric(cfg), allowed)
     _check(

@@ -18,7 +18,10 @@ import tensorflow as tf
 import tensorflow_text
 from sentencepiece import sentencepiece_model_pb2
 
-from app.data.pretraining.corpus import expand_files, read_lines, split_sentences
+from app.data.pretraining.corpus import expand_files, read_lines
+from app.data.text import split_sentences
+from app.data.text import words as text_words
+from app.data.wordpiece import SPECIAL_TOKENS, WHITESPACE, WordPieceEncoder, train_wordpiece
 from app.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -28,9 +31,6 @@ CONTROL_PIECES = ("[CLS]", "[SEP]", "[MASK]")
 SPECIAL_PIECES = ("<pad>", "<unk>") + CONTROL_PIECES
 PROGRESS_EVERY = 100_000  # sentences read between progress lines
 NORMALIZATION = ("lowercase", "strip_accents", "remove_space")
-# Rust's char::is_whitespace, where tokenizers' WhitespaceSplit splits.
-WHITESPACE = ("\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
-              + "\u2028\u2029\u202f\u205f\u3000")
 # tokenizers' StripAccents removes the marks (Mn, Mc, Me) of Unicode 9.0, whose tables it
 # carries: U+1CF2-1CF3 were marks then; marks assigned since (ICU knows them) it keeps.
 MARKS = r"[\p{M}\x{1CF2}\x{1CF3}]"
@@ -274,18 +274,22 @@ def _sentences(files: list[Path], holdout_every: int, held_out: list[str], max_h
                     yield sentence
 
 
-def tokenizer_report(proto: str | Path, sentences: list[str]) -> dict:
+def tokenizer_report(processor, sentences: list[str]) -> dict:
     """Vocabulary size and, on held-out sentences, pieces per word and the share of known words.
 
-    A word is known when none of its pieces is `<unk>`.
+    Args:
+        processor: SentencePiece's processor or app.data.wordpiece.WordPieceEncoder.
+        sentences: held-out text; words are whitespace-separated, a CJK character is one.
+
+    A word is known when none of its pieces is the unknown token.
     """
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(proto))
-    words = [word for sentence in sentences for word in sentence.split()]
+    words = [word for sentence in sentences for word in text_words(sentence)]
     pieces = processor.encode(words) if words else []
     known = sum(processor.unk_id() not in word_pieces for word_pieces in pieces)
+    specials = SPECIAL_PIECES if processor.piece_to_id("<pad>") == 0 else SPECIAL_TOKENS
     return {
         "vocab_size": processor.get_piece_size(),
-        "special_pieces": {p: processor.piece_to_id(p) for p in SPECIAL_PIECES},
+        "special_pieces": {p: processor.piece_to_id(p) for p in specials},
         "held_out_sentences": len(sentences),
         "held_out_words": len(words),
         "pieces_per_word": sum(map(len, pieces)) / len(words) if words else None,
@@ -297,6 +301,7 @@ def train_tokenizer(
     input: str,
     output: str | Path,
     vocab_size: int,
+    kind: str = "sentencepiece",
     model_type: str = "unigram",
     lowercase: bool = True,
     character_coverage: float = 0.9995,
@@ -304,20 +309,26 @@ def train_tokenizer(
     holdout_every: int = 100,
     max_held_out: int = 10_000,
 ) -> dict:
-    """Train `<output>/spm.model` + `spm.vocab` on text files; return the report on it.
+    """Train `<output>/spm.model` + `spm.vocab` (or WordPiece's `<output>/vocab.txt`) on text
+    files; return the report on it.
 
     Args:
         input: files or globs, comma-separated (`.gz` read transparently); sentences are split
             from each line.
         output: the folder to write.
-        vocab_size: exact vocabulary size (an error when the corpus cannot support it).
-        model_type: "unigram" or "bpe".
+        vocab_size: SentencePiece: the exact vocabulary size (an error when the corpus cannot
+            support it); WordPiece: the most entries.
+        kind: "sentencepiece" or "wordpiece" (BERT's `[PAD] [UNK] [CLS] [SEP] [MASK]` first).
+        model_type: "unigram" or "bpe" (SentencePiece).
         lowercase: case-fold (in the model's normalizer).
         character_coverage: share of characters the vocabulary covers.
         input_sentence_size: train on a random sample of this many sentences (0: all).
         holdout_every: every n-th sentence is held out for the report (0: none).
         max_held_out: the most held-out sentences.
     """
+    if kind not in ("sentencepiece", "wordpiece"):
+        raise ConfigError(
+            f"`kind` must be one of ['sentencepiece', 'wordpiece']. Received: {kind!r}")
     if model_type not in ("unigram", "bpe"):
         raise ConfigError(
             f"`model_type` must be one of ['unigram', 'bpe']. Received: {model_type!r}")
@@ -326,21 +337,29 @@ def train_tokenizer(
     files = expand_files(".", input, "input")
     held_out: list[str] = []
     output = Path(output)
-    log.info("Training a %s SentencePiece model (%d pieces) on %s", model_type, vocab_size,
-             [str(f) for f in files])
+    log.info("Training a %s %s tokenizer (%d pieces) on %s", model_type if kind ==
+             "sentencepiece" else "", kind, vocab_size, [str(f) for f in files])
     texts = SentenceFeed(_sentences(files, holdout_every, held_out, max_held_out))
     try:
-        proto = train_sentencepiece(
-            texts, output / "spm", vocab_size, model_type=model_type, lowercase=lowercase,
-            character_coverage=character_coverage, hard_vocab_limit=True,
-            input_sentence_size=input_sentence_size,
-        )
+        if kind == "wordpiece":
+            model = train_wordpiece(texts, output, vocab_size, lowercase=lowercase)
+            processor = WordPieceEncoder(model.read_bytes(), lowercase=lowercase)
+        else:
+            model = train_sentencepiece(
+                texts, output / "spm", vocab_size, model_type=model_type, lowercase=lowercase,
+                character_coverage=character_coverage, hard_vocab_limit=True,
+                input_sentence_size=input_sentence_size,
+            )
+            processor = sentencepiece.SentencePieceProcessor(model_file=str(model))
     except DataError:
         if texts.count == 0:
             raise DataError(f"`input` has no text: {[str(f) for f in files]} contain no "
                             f"sentences; expected UTF-8 text files") from None
         raise
-    return {"model": str(proto), "input": [str(f) for f in files],
+    if texts.count == 0:
+        raise DataError(f"`input` has no text: {[str(f) for f in files]} contain no "
+                        f"sentences; expected UTF-8 text files")
+    return {"model": str(model), "kind": kind, "input": [str(f) for f in files],
             "training_sentences": texts.count,
             "model_type": model_type, "lowercase": lowercase,
-            "character_coverage": character_coverage, **tokenizer_report(proto, held_out)}
+            "character_coverage": character_coverage, **tokenizer_report(processor, held_out)}

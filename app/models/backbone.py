@@ -7,13 +7,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from app.config.instantiate import instantiate
 from app.errors import ConfigError
+from app.models.albert_backbone import (
+    DEFAULT_ACTIVATION,
+    AlbertActivationBackbone,
+    activation_of,
+    check_activation,
+)
 from app.runtime.console import command_line_keys
 from app.runtime.loading import load_backbone, load_heads
 
 log = logging.getLogger(__name__)
 
 # Keys of the `model` node that are not AlbertBackbone arguments.
-NON_BACKBONE_KEYS = ("preset", "classifier_dropout", "learning_rate", "preset_learning_rate")
+NON_BACKBONE_KEYS = ("preset", "tokenizer", "classifier_dropout", "learning_rate",
+                     "preset_learning_rate")
+KERAS_HUB_TARGET = "keras_hub.models.AlbertBackbone"
+APP_TARGET = f"{AlbertActivationBackbone.__module__}.{AlbertActivationBackbone.__name__}"
 # Keys that fix the shape of the weights: a preset's own values win, a differing one set on the
 # command line is an error.
 ARCHITECTURE_KEYS = ("num_layers", "num_heads", "num_groups", "num_inner_repetitions",
@@ -24,12 +33,10 @@ def build_backbone(model: DictConfig, vocabulary_size: int) -> keras_hub.models.
     """An AlbertBackbone: random init from the config's shape, or loaded from `model.preset`.
 
     On a preset, `model.dropout` applies and `model.max_sequence_length` may shorten the
-    position table (never lengthen it); the preset's shape stays.
+    position table (never lengthen it); the preset's shape and activation stay.
     """
     if model.preset is None:
-        args = {k: v for k, v in OmegaConf.to_container(model).items()
-                if k not in NON_BACKBONE_KEYS}
-        return instantiate(args, key="model", base=keras_hub.models.Backbone,
+        return instantiate(random_init_args(model), key="model", base=keras_hub.models.Backbone,
                            vocabulary_size=vocabulary_size)
     log.info("Loading backbone weights from preset %s", model.preset)
     backbone = load_backbone(model.preset)
@@ -38,30 +45,49 @@ def build_backbone(model: DictConfig, vocabulary_size: int) -> keras_hub.models.
             f"`model.preset` {model.preset!r} has a vocabulary of {backbone.vocabulary_size}, "
             f"but the tokenizer has {vocabulary_size}"
         )
-    preset = backbone.get_config()
+    preset = {**backbone.get_config(), "activation": activation_of(backbone)}
+    wanted = {"activation": DEFAULT_ACTIVATION, **model}  # runs of 0.1 had no activation
     explicit = command_line_keys()
-    for key in (*ARCHITECTURE_KEYS, "max_sequence_length"):
-        fits = (model[key] <= preset[key] if key == "max_sequence_length"
-                else model[key] == preset[key])
+    for key in (*ARCHITECTURE_KEYS, "activation", "max_sequence_length"):
+        fits = (wanted[key] <= preset[key] if key == "max_sequence_length"
+                else wanted[key] == preset[key])
         if f"model.{key}" in explicit and not fits:
             raise ConfigError(
                 f"`model.{key}` would change the architecture of `model.preset` "
-                f"{model.preset!r}: the preset has {key}={preset[key]}, received {model[key]}; "
+                f"{model.preset!r}: the preset has {key}={preset[key]}, received {wanted[key]}; "
                 f"drop the override (only dropout, classifier_dropout and a shorter "
                 f"max_sequence_length apply on top of a preset)")
+    if preset["activation"] != wanted["activation"]:
+        log.info("Activation %s from preset %s", preset["activation"], model.preset)
     return with_overrides(backbone, dropout=model.dropout,
                           max_sequence_length=min(model.max_sequence_length,
                                                   preset["max_sequence_length"]))
 
 
+def random_init_args(model: DictConfig) -> dict:
+    """The `model` node as backbone arguments: keras-hub's AlbertBackbone for its own tanh GELU
+    (so the run's presets load with keras-hub alone), the app's for another activation."""
+    args = {k: v for k, v in OmegaConf.to_container(model).items() if k not in NON_BACKBONE_KEYS}
+    activation = check_activation(args.pop("activation", DEFAULT_ACTIVATION))
+    if args.get("_target_") == APP_TARGET:
+        return {**args, "activation": activation}
+    if activation == DEFAULT_ACTIVATION:
+        return args
+    if args.get("_target_") != KERAS_HUB_TARGET:
+        raise ConfigError(f"`model.activation` {activation!r} needs `model._target_` "
+                          f"{KERAS_HUB_TARGET} or {APP_TARGET}. "
+                          f"Received: {args.get('_target_')!r}")
+    return {**args, "_target_": APP_TARGET, "activation": activation}
+
+
 def with_overrides(backbone: keras_hub.models.AlbertBackbone, **overrides):
-    """The backbone with other dropout or a shorter position table, weights kept."""
+    """The backbone with other dropout or a shorter position table, weights and class kept."""
     config = backbone.get_config()
     changed = {k: v for k, v in overrides.items() if config[k] != v}
     if not changed:
         return backbone
     log.info("Preset overrides: %s", ", ".join(f"{k}={v}" for k, v in changed.items()))
-    rebuilt = keras_hub.models.AlbertBackbone.from_config({**config, **changed})
+    rebuilt = type(backbone).from_config({**config, **changed})
     for old, new in zip(backbone.weights, rebuilt.weights, strict=True):
         rows = new.shape[0] if new.shape else None
         new.assign(old if old.shape == new.shape else old[:rows])

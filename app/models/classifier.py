@@ -5,6 +5,7 @@ import keras_hub
 from omegaconf import DictConfig
 
 from app.data.task import TaskSpec
+from app.models.albert_backbone import task_classes
 from app.models.backbone import build_backbone, load_preset_heads
 
 
@@ -16,8 +17,9 @@ def build_task_model(
     Preprocessing runs in tf.data during fit (`preprocessor=None`); it is attached for export.
     A transformers checkpoint's classifier head is kept when it has as many outputs.
     """
-    classifier = keras_hub.models.AlbertTextClassifier(
-        backbone=build_backbone(model, vocabulary_size),
+    backbone = build_backbone(model, vocabulary_size)
+    classifier = task_classes(backbone)[0](
+        backbone=backbone,
         num_classes=task.num_outputs,
         preprocessor=None,
         activation=None,

@@ -4,6 +4,8 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from app.models.albert_backbone import task_classes
+
 SOP_CLASSES = 2
 LAYER_NORM_EPS = 1e-12
 
@@ -30,7 +32,7 @@ class AlbertPretrainer(keras_hub.models.Task):
 
     def __init__(self, backbone, preprocessor=None, compile=False, **kwargs):
         # Reuse AlbertMaskedLM's head (activation, initializer, tying) rather than copy it.
-        masked_lm_head = keras_hub.models.AlbertMaskedLM(backbone).masked_lm_head
+        masked_lm_head = task_classes(backbone)[1](backbone).masked_lm_head
         # keras-hub gives this head's LayerNorm epsilon 1e-5; ALBERT and transformers use 1e-12
         # (1e-4 apart in the logits of a transformers checkpoint, measured).
         masked_lm_head._intermediate_layer_norm.epsilon = LAYER_NORM_EPS
@@ -69,7 +71,7 @@ class AlbertPretrainer(keras_hub.models.Task):
 
     def to_masked_lm(self, preprocessor=None) -> keras_hub.models.AlbertMaskedLM:
         """An `AlbertMaskedLM` sharing this backbone, with a copy of the masked-LM head."""
-        masked_lm = keras_hub.models.AlbertMaskedLM(self.backbone, preprocessor=preprocessor)
+        masked_lm = task_classes(self.backbone)[1](self.backbone, preprocessor=preprocessor)
         masked_lm.masked_lm_head.set_weights(self.masked_lm_head.get_weights())
         return masked_lm
 
@@ -96,7 +98,7 @@ def pretraining_metrics() -> dict:
 
 def export_preset(
     model: AlbertPretrainer,
-    tokenizer: keras_hub.models.AlbertTokenizer,
+    tokenizer: keras_hub.tokenizers.Tokenizer,
     preset_dir,
     sequence_length: int,
     mask_selection_rate: float,
@@ -108,7 +110,7 @@ def export_preset(
     `AlbertTokenizer.from_preset(dir)` (`model.preset=<dir>`). The preprocessor masks as the
     pretraining did (share of tokens, predictions per sequence).
     """
-    preprocessor = keras_hub.models.AlbertMaskedLMPreprocessor(
+    preprocessor = task_classes(model.backbone)[1].preprocessor_cls(
         tokenizer,
         sequence_length=sequence_length,
         mask_selection_rate=mask_selection_rate,

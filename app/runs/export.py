@@ -20,6 +20,9 @@ def export_run(model, preprocessor, run_dir: Path, label_names, sample_inputs) -
     (`sample_predictions.json`), so a reload can be checked against the run.
     """
     layout = RunLayout(run_dir)
+    # The task's own preprocessor class (keras-hub's from_preset matches it to the backbone).
+    preprocessor = model.preprocessor_cls(preprocessor.tokenizer,
+                                          sequence_length=preprocessor.sequence_length)
     model.preprocessor = preprocessor
     model.save_to_preset(str(layout.preset))
     model.save(layout.model)

@@ -29,6 +29,7 @@ HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 TOKENIZER_DIR = "tokenizer"
 PROTO_FILE = "spm.model"
+VOCAB_FILE = "vocab.txt"
 NORMALIZATION_FILE = "normalization.json"
 CHECKPOINTS_DIR = "checkpoints"
 STATE_DIR = "state"
@@ -60,8 +61,9 @@ class RunLayout:
     history = property(lambda self: self.root / HISTORY_FILE)
     metrics = property(lambda self: self.root / METRICS_FILE)
     tokenizer_dir = property(lambda self: self.root / TOKENIZER_DIR)
-    proto = property(lambda self: self.root / TOKENIZER_DIR / PROTO_FILE)
-    # The text normalization before SentencePiece (a transformers checkpoint's tokenizer).
+    proto = property(lambda self: self.root / TOKENIZER_DIR / PROTO_FILE)  # SentencePiece
+    vocab = property(lambda self: self.root / TOKENIZER_DIR / VOCAB_FILE)  # or WordPiece
+    # The text normalization before the tokenizer (a transformers checkpoint's, or WordPiece's).
     normalization = property(lambda self: self.root / TOKENIZER_DIR / NORMALIZATION_FILE)
     checkpoints = property(lambda self: self.root / CHECKPOINTS_DIR)
     states = property(lambda self: self.root / CHECKPOINTS_DIR / STATE_DIR)  # step-<N>/ states

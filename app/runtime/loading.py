@@ -8,6 +8,7 @@ Keras, keras-hub nor the app registers. Every refusal is a DataError (a file) or
 """
 
 import json
+import logging
 import re
 import zipfile
 from pathlib import Path
@@ -23,16 +24,30 @@ import numpy as np
 from keras.src.saving.serialization_lib import SafeModeScope
 from keras_hub.src.utils import preset_utils
 
+from app.data import wordpiece
 from app.data.tokenizer import load_tokenizer, normalization_from_transformers
 from app.errors import ConfigError, DataError
 from app.runtime import transformers_format
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_SUFFIX = ".weights.h5"
 HF_SCHEME = "hf://"
 # What a download from the Hugging Face Hub may bring: configs, safetensors weights, the
-# SentencePiece model and keras-hub preset files; never a pickle (`pytorch_model.bin`).
-HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.weights.h5", "assets/**"]
+# SentencePiece model or WordPiece vocab.txt and keras-hub preset files; never a pickle
+# (`pytorch_model.bin`).
+HF_PATTERNS = ["*.json", "*.safetensors", "*.model", "vocab.txt", "*.weights.h5", "assets/**"]
 MAX_MESSAGE = 300
+# The tokenizers an ALBERT preset of the app may hold: SentencePiece (keras-hub's, or the app's
+# AlbertTextTokenizer subclass) or WordPiece.
+PRESET_TOKENIZERS = (keras_hub.models.AlbertTokenizer, wordpiece.AlbertWordPieceTokenizer)
+# transformers' tokenizer_class (prefix) -> the tokenizer file it reads.
+TOKENIZER_CLASSES = {"AlbertTokenizer": transformers_format.SPIECE_FILE,
+                     "BertTokenizer": transformers_format.VOCAB_FILE}
+# The app's backbone with another activation than keras-hub's tanh GELU
+# (app.models.albert_backbone): runtime may not import models, so it is found by its registered
+# name, as a preset's class is.
+ACTIVATION_BACKBONE = "app>AlbertActivationBackbone"
 
 
 def _refusal(error: Exception) -> str:
@@ -100,12 +115,13 @@ def load_preset(cls, preset: str, key: str = "model.preset"):
     """`cls.from_preset(preset)` in safe mode; a ConfigError naming `key` when it fails.
 
     Args:
-        cls: a keras-hub class, e.g. `keras_hub.models.AlbertBackbone` or `AlbertTokenizer`.
+        cls: a keras-hub class, e.g. `keras_hub.models.AlbertBackbone` or `AlbertTokenizer`,
+            or a tuple of tokenizer classes, any of which the preset's tokenizer may be.
         preset: a local preset folder or a published preset name.
         key: the config key the preset came from, named in errors.
     """
     try:
-        if issubclass(cls, keras_hub.tokenizers.Tokenizer):
+        if isinstance(cls, tuple) or issubclass(cls, keras_hub.tokenizers.Tokenizer):
             return _load_tokenizer(cls, preset)
         with SafeModeScope(True):
             return cls.from_preset(preset)
@@ -119,8 +135,9 @@ def load_preset(cls, preset: str, key: str = "model.preset"):
         raise ConfigError(f"`{key}` {preset!r} cannot be loaded: {_refusal(error)}") from error
 
 
-def _load_tokenizer(cls, preset: str):
-    """A preset's tokenizer: its config in safe mode, then its own vocabulary asset.
+def _load_tokenizer(cls: type | tuple[type, ...], preset: str):
+    """A preset's tokenizer (an instance of `cls`): its config in safe mode, then its own
+    vocabulary asset.
 
     `from_preset` in safe mode refuses every tokenizer, since it loads the vocabulary from a
     file path; that file is the preset's own asset, so it is loaded outside the scope.
@@ -135,7 +152,8 @@ def _load_tokenizer(cls, preset: str):
             preset_utils.load_json(preset, preset_utils.TOKENIZER_CONFIG_FILE)
         )
     if not isinstance(tokenizer, cls):
-        raise TypeError(f"expected a {cls.__name__}, found {type(tokenizer).__name__}")
+        expected = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+        raise TypeError(f"expected a {expected}, found {type(tokenizer).__name__}")
     tokenizer.load_preset_assets(preset)
     return tokenizer
 
@@ -160,14 +178,37 @@ def local_preset(preset: str, key: str = "model.preset") -> str:
         ) from error
 
 
+def _is_transformers_folder(preset: str, key: str) -> bool:
+    """Whether `preset` is a transformers folder (else a keras-hub preset); brightmart's
+    native albert_zh layout, neither, is a ConfigError."""
+    transformers_format.check_not_brightmart(preset, key)
+    return transformers_format.is_transformers_folder(preset)
+
+
+def new_backbone(activation: str = transformers_format.DEFAULT_ACTIVATION, **args):
+    """A fresh ALBERT backbone: keras-hub's own for its tanh GELU (presets keras-hub alone
+    loads), else the app's AlbertActivationBackbone with `activation`."""
+    if activation == transformers_format.DEFAULT_ACTIVATION:
+        return keras_hub.models.AlbertBackbone(**args)
+    cls = keras.saving.get_registered_object(ACTIVATION_BACKBONE)
+    if cls is None:
+        raise RuntimeError(f"{ACTIVATION_BACKBONE} is not registered: import "
+                           f"app.models.albert_backbone before loading a {activation} backbone")
+    return cls(activation=activation, **args)
+
+
 def load_backbone(preset: str, key: str = "model.preset") -> keras_hub.models.AlbertBackbone:
-    """An AlbertBackbone from a keras-hub preset or a transformers ALBERT folder, safely."""
+    """An ALBERT backbone from a keras-hub preset or a transformers ALBERT folder, safely.
+
+    A transformers folder's `hidden_act` other than the tanh GELU gives the app's
+    AlbertActivationBackbone (app.models.albert_backbone, which must be imported).
+    """
     preset = local_preset(preset, key)
-    if not transformers_format.is_transformers_folder(preset):
+    if not _is_transformers_folder(preset, key):
         return load_preset(keras_hub.models.AlbertBackbone, preset, key)
     config = transformers_format.read_config(preset, key)
     arrays = transformers_format.read_weights(preset, key)
-    backbone = keras_hub.models.AlbertBackbone(**transformers_format.backbone_args(config))
+    backbone = new_backbone(**transformers_format.backbone_args(config))
     transformers_format.assign(
         transformers_format.backbone_weights(backbone, transformers_format.backbone_prefix(arrays)),
         arrays, preset)
@@ -194,13 +235,84 @@ def load_heads(model: keras.Model, preset: str, key: str = "model.preset") -> li
     return loaded
 
 
-def load_preset_tokenizer(preset: str, key: str = "model.preset"):
-    """The tokenizer of a keras-hub preset, or of a transformers folder with its normalization."""
+def load_preset_tokenizer(preset: str, key: str = "model.preset", tokenizer: str | None = None):
+    """The tokenizer of a keras-hub preset, or of a transformers folder with its normalization.
+
+    Args:
+        preset: a keras-hub preset or a transformers folder (`model.preset`).
+        key: the config key of `preset`, named in errors.
+        tokenizer: a folder holding the tokenizer files (`model.tokenizer`, for a checkpoint
+            that ships none): its spiece.model or vocab.txt and its own tokenizer_config.json.
+
+    Example:
+        >>> tokenizer = load_preset_tokenizer("albert-tiny-chinese", tokenizer="bert-base-chinese")
+    """
     preset = local_preset(preset, key)
-    if not transformers_format.is_transformers_folder(preset):
-        return load_preset(keras_hub.models.AlbertTokenizer, preset, key)
-    transformers_format.read_config(preset, key)
-    settings_file = Path(preset) / transformers_format.TOKENIZER_CONFIG_FILE
-    settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-    return load_tokenizer(Path(preset) / transformers_format.SPIECE_FILE,
-                          **normalization_from_transformers(settings))
+    folder, folder_key = (preset, key) if tokenizer is None else (tokenizer, "model.tokenizer")
+    if not _is_transformers_folder(preset, key):
+        if tokenizer is None:
+            return load_preset(PRESET_TOKENIZERS, preset, key)
+        return read_tokenizer_folder(Path(folder), folder_key)
+    config = transformers_format.read_config(preset, key)
+    fallback_class = config.get("tokenizer_class") if tokenizer is None else None
+    loaded = read_tokenizer_folder(Path(folder), folder_key, fallback_class)
+    if loaded.vocabulary_size() != config["vocab_size"]:
+        raise ConfigError(
+            f"`{folder_key}` '{folder}': the tokenizer has {loaded.vocabulary_size()} entries, "
+            f"but `{key}` '{preset}' {transformers_format.CONFIG_FILE} has vocab_size "
+            f"{config['vocab_size']}; expected the checkpoint's own tokenizer")
+    return loaded
+
+
+def read_tokenizer_folder(folder: Path, key: str, fallback_class: str | None = None):
+    """The tokenizer of a transformers tokenizer folder: spiece.model or vocab.txt, normalized
+    as its tokenizer_config.json says.
+
+    Args:
+        folder: the folder with spiece.model and/or vocab.txt (and tokenizer_config.json).
+        key: its config key, named in errors.
+        fallback_class: config.json's tokenizer_class, used when tokenizer_config.json has none.
+    """
+    settings_file = folder / transformers_format.TOKENIZER_CONFIG_FILE
+    try:
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"`{key}` '{folder}': cannot read "
+                          f"{transformers_format.TOKENIZER_CONFIG_FILE}: {error}") from error
+    name = tokenizer_file(folder, key, settings.get("tokenizer_class") or fallback_class)
+    if name == transformers_format.SPIECE_FILE:
+        return load_tokenizer(folder / name, **normalization_from_transformers(settings))
+    return wordpiece.load_wordpiece(folder / name,
+                                    **wordpiece.normalization_from_transformers(settings))
+
+
+def tokenizer_file(folder: Path, key: str, tokenizer_class: str | None) -> str:
+    """Which tokenizer file of `folder` to read: the only one there, or, when both are, the one
+    `tokenizer_class` reads (spiece.model without one, as transformers' ALBERT default)."""
+    present = [name for name in transformers_format.TOKENIZER_FILES if (folder / name).is_file()]
+    if not present:
+        raise ConfigError(f"`{key}` '{folder}' has no tokenizer (neither "
+                          f"{' nor '.join(transformers_format.TOKENIZER_FILES)}); set "
+                          f"`model.tokenizer=<folder with vocab.txt or spiece.model>`")
+    wanted = class_file(tokenizer_class, folder, key)
+    if len(present) == 1:
+        if wanted not in (None, present[0]):
+            log.warning("`%s` '%s': tokenizer_class %s reads %s, but the folder holds only %s; "
+                        "using it", key, folder, tokenizer_class, wanted, present[0])
+        return present[0]
+    chosen = wanted or transformers_format.SPIECE_FILE
+    log.info("`%s` '%s' holds both %s: using %s (tokenizer_class %s)", key, folder,
+             " and ".join(present), chosen, tokenizer_class)
+    return chosen
+
+
+def class_file(tokenizer_class: str | None, folder: Path, key: str) -> str | None:
+    """The tokenizer file transformers' `tokenizer_class` reads (None for no class)."""
+    if tokenizer_class is None:
+        return None
+    for prefix, file in TOKENIZER_CLASSES.items():
+        if tokenizer_class in (prefix, f"{prefix}Fast"):
+            return file
+    supported = [f"{prefix}{fast}" for prefix in TOKENIZER_CLASSES for fast in ("", "Fast")]
+    raise ConfigError(f"`{key}` '{folder}': tokenizer_class {tokenizer_class!r} is not "
+                      f"supported; expected one of {supported}")

@@ -1,10 +1,12 @@
-"""The transformers ALBERT format: `config.json`, `model.safetensors`, `spiece.model`, both ways.
+"""The transformers ALBERT format: `config.json`, `model.safetensors`, and a tokenizer
+(`spiece.model`, or a BERT WordPiece `vocab.txt` as Chinese ALBERTs ship), both ways.
 
 keras-hub reads this layout for the backbone alone (keras_hub/src/utils/transformers/
 convert_albert.py): it neither reads the heads (masked-LM, sentence-order, classifier) nor
-checks the activation, nor writes the format. So every weight is named once here, as a
-`Weight` that converts between the torch layout and the Keras variable, for loading and for
-export alike. Weights are read from safetensors only (a `pytorch_model.bin` is a pickle).
+the activation (`hidden_act`) nor a vocab.txt, nor writes the format. So every weight is named
+once here, as a `Weight` that converts between the torch layout and the Keras variable, for
+loading and for export alike. Weights are read from safetensors only (a `pytorch_model.bin` is
+a pickle).
 """
 
 import json
@@ -15,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from app.data.wordpiece import VOCAB_FILE
 from app.errors import ConfigError, DataError
 
 CONFIG_FILE = "config.json"
@@ -22,9 +25,18 @@ WEIGHTS_FILE = "model.safetensors"
 SHARDED_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_WEIGHTS_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 SPIECE_FILE = "spiece.model"
+TOKENIZER_FILES = (SPIECE_FILE, VOCAB_FILE)
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-# keras-hub's AlbertBackbone computes the tanh-approximated GELU, which transformers names so.
-TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
+# transformers' `hidden_act` -> the backbone's `activation` (app.models.albert_backbone).
+ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu",
+               "relu": "relu"}
+DEFAULT_ACTIVATION = "gelu_new"  # keras-hub's AlbertBackbone: the tanh GELU
+# brightmart's albert_zh (TF checkpoints): these config keys and weight names are not transformers'.
+BRIGHTMART_CONFIG_KEYS = ("ln_type",)
+BRIGHTMART_WEIGHT = "word_embeddings_2"
+CONVERT_BRIGHTMART = ("convert it with transformers' "
+                      "convert_albert_original_tf_checkpoint_to_pytorch first (then save it "
+                      "with safe_serialization=True)")
 LAYER_NORM_EPS = 1e-12
 BACKBONE_PREFIX = "albert."
 # The backbone arguments read from config.json, by their transformers names.
@@ -149,14 +161,39 @@ def is_transformers_folder(path: str | Path) -> bool:
         return False
 
 
+def check_not_brightmart(folder: str | Path, key: str = "model.preset") -> None:
+    """A ConfigError when `folder` holds brightmart's native albert_zh layout (not transformers').
+
+    Told by its config keys (`ln_type`, in config.json or albert_config*.json) or TF checkpoint.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    configs = [folder / CONFIG_FILE, *sorted(folder.glob("albert_config*.json"))]
+    for path in configs:
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        found = [name for name in BRIGHTMART_CONFIG_KEYS if name in config]
+        if found:
+            raise ConfigError(f"`{key}` '{folder}': {path.name} has {found[0]!r}, brightmart's "
+                              f"albert_zh layout, not the transformers layout; "
+                              f"{CONVERT_BRIGHTMART}")
+    if not (folder / CONFIG_FILE).is_file() and any(folder.glob("*.ckpt*.index")):
+        raise ConfigError(f"`{key}` '{folder}' holds a TensorFlow checkpoint, not the "
+                          f"transformers layout; {CONVERT_BRIGHTMART}")
+
+
 def read_config(folder: str | Path, key: str = "model.preset") -> dict:
-    """A transformers ALBERT folder's `config.json`, checked: ALBERT, safetensors, spiece.model.
+    """A transformers ALBERT folder's `config.json`, checked: ALBERT, safetensors, activation.
 
     Raises:
         ConfigError: naming `key` and what the folder lacks or holds instead.
     """
     folder = Path(folder)
     where = f"`{key}` '{folder}'"
+    check_not_brightmart(folder, key)
     try:
         config = json.loads((folder / CONFIG_FILE).read_text())
     except (OSError, ValueError) as error:
@@ -171,13 +208,10 @@ def read_config(folder: str | Path, key: str = "model.preset") -> dict:
                 f"{where} holds only {pickled[0]} (a pickle, which can run code when loaded); "
                 f"convert it to {WEIGHTS_FILE} once where you trust it: {CONVERT_COMMAND}")
         raise ConfigError(f"{where} has no {WEIGHTS_FILE}")
-    if not (folder / SPIECE_FILE).is_file():
-        raise ConfigError(f"{where} has no {SPIECE_FILE} (the SentencePiece model of its "
-                          f"tokenizer); copy it from where the checkpoint came from")
-    activation = config.get("hidden_act", "gelu_new")
-    if activation not in TANH_GELU:
-        raise ConfigError(f"{where}: {CONFIG_FILE} has hidden_act {activation!r}; keras-hub's "
-                          f"ALBERT computes {TANH_GELU[0]!r} only")
+    activation = config.get("hidden_act", DEFAULT_ACTIVATION)
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"{where}: {CONFIG_FILE} has hidden_act {activation!r}; supported: "
+                          f"{list(ACTIVATIONS)}")
     if config.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"{where}: position_embedding_type "
                           f"{config['position_embedding_type']!r} is not supported, "
@@ -186,9 +220,10 @@ def read_config(folder: str | Path, key: str = "model.preset") -> dict:
 
 
 def backbone_args(config: dict) -> dict:
-    """`AlbertBackbone` arguments from a transformers `config.json`."""
+    """Backbone arguments (`activation` included) from a checked transformers `config.json`."""
     args = {name: config[hf_name] for name, hf_name in CONFIG_NAMES.items()}
-    return {**args, "dropout": config.get("hidden_dropout_prob", 0.0)}
+    return {**args, "dropout": config.get("hidden_dropout_prob", 0.0),
+            "activation": ACTIVATIONS[config.get("hidden_act", DEFAULT_ACTIVATION)]}
 
 
 def read_weights(folder: str | Path, key: str = "model.preset") -> dict[str, np.ndarray]:
@@ -208,6 +243,10 @@ def read_weights(folder: str | Path, key: str = "model.preset") -> dict[str, np.
         except (SafetensorError, OSError, ValueError) as error:
             raise DataError(f"`{key}`: '{path}' is not a readable safetensors file "
                             f"(truncated or damaged?): {error}") from error
+    native = [name for name in arrays if BRIGHTMART_WEIGHT in name]
+    if native:
+        raise ConfigError(f"`{key}` '{folder}' has weights named like {native[0]!r}, brightmart's "
+                          f"albert_zh layout, not the transformers layout; {CONVERT_BRIGHTMART}")
     return {name: array.astype(np.float32) for name, array in arrays.items()}
 
 
@@ -231,22 +270,23 @@ def backbone_prefix(arrays: dict[str, np.ndarray]) -> str:
 
 # === Writing ===
 
-def transformers_config(backbone, architecture: str, **extra) -> dict:
-    """A transformers `config.json` for a keras-hub `AlbertBackbone` (and `extra` keys)."""
+def transformers_config(backbone, tokenizer, architecture: str, **extra) -> dict:
+    """A transformers `config.json` for an ALBERT backbone, its tokenizer's special ids (and
+    `extra` keys)."""
     args = backbone.get_config()
     return {
         "architectures": [architecture],
         "model_type": "albert",
         **{hf_name: args[name] for name, hf_name in CONFIG_NAMES.items()},
-        "hidden_act": TANH_GELU[0],
+        "hidden_act": args.get("activation", DEFAULT_ACTIVATION),
         "hidden_dropout_prob": args["dropout"],
         "attention_probs_dropout_prob": args["dropout"],
         "layer_norm_eps": LAYER_NORM_EPS,
         "initializer_range": 0.02,
         "position_embedding_type": "absolute",
-        "pad_token_id": 0,
-        "bos_token_id": 2,
-        "eos_token_id": 3,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.start_token_id,
+        "eos_token_id": tokenizer.end_token_id,
         "tie_word_embeddings": True,
         **extra,
     }

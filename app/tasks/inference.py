@@ -225,7 +225,7 @@ def _rebuild(run: Run, weights: Path) -> keras_hub.models.TextClassifier:
     log.info("Rebuilding the model from %s", weights)
     tokenizer = load_run_tokenizer(run.layout.tokenizer_dir)
     model = build_task_model(run.config.model, run.task, tokenizer.vocabulary_size())
-    model.preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
+    model.preprocessor = model.preprocessor_cls(
         tokenizer, sequence_length=run.config.data.sequence_length)
     with warnings.catch_warnings():
         # Checkpoints also hold the optimizer's variables, which inference does not need.

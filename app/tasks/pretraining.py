@@ -11,7 +11,6 @@ from pathlib import Path
 
 import keras
 import keras_hub
-import sentencepiece
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +18,7 @@ from app.data.pipeline import epoch_stream
 from app.data.pretraining.corpus import expand_files
 from app.data.pretraining.masking import NGramMasker
 from app.data.pretraining.pipeline import (
+    CorpusStats,
     corpus_documents,
     corpus_sentences,
     masked_eval_batches,
@@ -39,6 +39,7 @@ from app.data.pretraining.shards import (
     pipeline_steps,
     pipeline_stream,
 )
+from app.data.pretraining.signal import corpus_signal, masking_stats, report_signal
 from app.errors import DataError
 from app.models.backbone import build_backbone, check_sequence_length, load_preset_heads
 from app.models.pretrainer import (
@@ -51,7 +52,7 @@ from app.runs.layout import RunLayout
 from app.runs.transformers_export import export_transformers
 from app.runtime.cluster import cluster_workers
 from app.tasks.base import TrainingData
-from app.tasks.tokenizer import build_tokenizer
+from app.tasks.tokenizer import build_tokenizer, token_encoder
 from app.training.callbacks import CompiledEvaluation
 from app.training.optim import build_optimizer
 
@@ -72,7 +73,8 @@ def build_masker(tokenizer, data: DictConfig) -> NGramMasker:
 
 
 def _examples(cfg: DictConfig, processor) -> tuple:
-    """Train and eval examples (packed, unmasked) and their counts, from the `data` config."""
+    """Train and eval examples (packed, unmasked) and their counts, and what reading the
+    training corpus saw, from the `data` config."""
     data = cfg.data
     train_files, eval_files = _corpus_files(data)
     if eval_files is None:  # evaluate on every k-th training document, held out
@@ -82,13 +84,14 @@ def _examples(cfg: DictConfig, processor) -> tuple:
         train_documents = partial(corpus_documents, train_files, data)
         eval_documents = partial(corpus_documents, eval_files, data)
 
+    train_stats = CorpusStats()
     train, num_train = pretraining_examples(
         train_documents, processor, data, cfg.seed, max_examples=data.max_train_examples,
-        description=f"training corpus ({data.train_file})")
+        description=f"training corpus ({data.train_file})", stats=train_stats)
     evaluation, num_eval = pretraining_examples(
         eval_documents, processor, data, cfg.seed, max_examples=data.max_eval_examples,
         description=f"eval corpus ({data.eval_file or 'held-out training documents'})")
-    return train, num_train, evaluation, num_eval
+    return train, num_train, train_stats, evaluation, num_eval
 
 
 class PretrainingEvaluation(CompiledEvaluation):
@@ -162,7 +165,7 @@ class Pretraining:
         else:
             sentences = corpus_sentences(self.train_files, self.cfg.data)
             self.tokenizer = build_tokenizer(self.cfg, sentences, layout.tokenizer_dir)
-        self.processor = sentencepiece.SentencePieceProcessor(model_proto=self.tokenizer.proto)
+        self.processor = token_encoder(self.tokenizer)
         special_ids(self.processor, "the run's tokenizer")
         self.masker = build_masker(self.tokenizer, self.cfg.data)
         self.transform = order_and_mask(self.masker, self.cfg.data.random_b_sop_weight)
@@ -174,12 +177,14 @@ class Pretraining:
         cfg = self.cfg
         if cfg.data.prepared:
             return self._prepared_pipelines(strategy)
-        train, num_train, self.eval_examples, num_eval = _examples(cfg, self.processor)
+        train, num_train, stats, self.eval_examples, num_eval = _examples(cfg, self.processor)
         log.info("Pretraining on %d examples, evaluating on %d", num_train, num_eval)
+        pairs = count_pair_kinds(train)
+        signal = corpus_signal(stats.documents, stats.sentences, stats.multi_sentence_documents,
+                               num_train, pairs, masking_stats(self.masker, train, cfg.seed))
+        report_signal(signal, "Training corpus")
         self.extra_metrics.update(train_examples=num_train, eval_examples=num_eval,
-                                  train_pairs=count_pair_kinds(train))
-        log.info("Training pair kinds (whole / trimmed / random B): %s",
-                 self.extra_metrics["train_pairs"])
+                                  train_pairs=pairs, train_signal=signal)
         batches = epoch_stream(train, num_train, cfg.trainer.batch_size, cfg.data.shuffle_buffer,
                                cfg.seed, cfg.trainer.epochs,
                                per_example=self.transform)

@@ -111,7 +111,10 @@ def resumed_config(run_dir: str) -> DictConfig:
         if node is not None and node.get("_target_") in MOVED_TARGETS:
             node._target_ = MOVED_TARGETS[node._target_]
     cfg.resume = str(run_dir)
-    cfg.tokenizer.proto = str(layout.proto)
+    if layout.vocab.is_file():
+        cfg.tokenizer.vocab = str(layout.vocab)
+    else:
+        cfg.tokenizer.proto = str(layout.proto)
     return cfg
 
 

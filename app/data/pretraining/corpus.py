@@ -1,9 +1,10 @@
 """Stream documents of sentences from raw text files (globs, `.gz` too) and TSV text columns.
 
 Documents are separated by blank lines, or, with `document_pattern`, start at heading lines
-(WikiText's ` = Title = `). A TSV file (`*.tsv`, header row) gives its `text_column` (a task's
-own texts for task-adaptive pretraining), each row a document of its sentences: consecutive rows
-are unrelated texts, so no sentence-order pair spans two rows (a one-sentence row gets a random
+(WikiText's ` = Title = `), or, with `document_per_line`, are one line each (a review per
+line). A TSV file (`*.tsv`, header row) gives its `text_column` (a task's own texts for
+task-adaptive pretraining), each row a document of its sentences: consecutive rows are unrelated
+texts, so no sentence-order pair spans two rows (a one-sentence row gets a random
 B, see app.data.pretraining.pairs). Nothing is held in memory beyond one document.
 """
 
@@ -15,20 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from app.data.readers import iter_tables
+from app.data.text import split_sentences
 from app.errors import ConfigError, DataError
-
-# Abbreviations after which a period does not end a sentence (lower-cased, without the period).
-_ABBREVIATIONS = (
-    "mr mrs ms dr prof sr jr st mt ft vs etc e.g i.e inc ltd co corp no nos fig figs vol "
-    "jan feb mar apr jun jul aug sep sept oct nov dec gen col lt sgt capt rev u.s u.k approx "
-    "ca lit cf al op ed eds"
-)
-ABBREVIATIONS = frozenset(_ABBREVIATIONS.split())
-# A candidate boundary: ., ! or ? (optionally followed by closing quotes/brackets), spaces,
-# then something that can start a sentence.
-_BOUNDARY = re.compile(r"""([.!?]+["')\]]*)\s+(?=(?:["'(\[]\s?)?[A-Z0-9])""")
-LAST_WORD_WINDOW = 64
-_LAST_WORD = re.compile(r"(\S+)\s*$")
 
 
 def expand_files(directory: str | Path, patterns: str, key: str) -> list[Path]:
@@ -64,42 +53,12 @@ def read_lines(path: Path, text_column: str = "sentence") -> Iterator[str]:
         raise DataError(f"Cannot read corpus file '{path}': {error}") from error
 
 
-def split_sentences(text: str) -> list[str]:
-    """Split English prose into sentences (rule-based: `.`/`!`/`?` then an upper-case start).
-
-    A period right after a known abbreviation or a single letter (initials) is not a boundary;
-    a period standing alone (tokenized text such as WikiText's "word .") always is.
-
-    Example:
-        >>> split_sentences("Dr. Who left. It rained ! Then J. R. R. Tolkien wrote.")
-        ['Dr. Who left.', 'It rained !', 'Then J. R. R. Tolkien wrote.']
-    """
-    sentences, start = [], 0
-    for match in _BOUNDARY.finditer(text):
-        # The last word only: a bounded window keeps long runs of initials linear.
-        before = text[max(start, match.start() - LAST_WORD_WINDOW):match.start()]
-        last = _LAST_WORD.search(before)
-        word = last.group(1).lower().rstrip(".") if last else ""
-        attached = bool(before) and not before[-1].isspace()   # "Dr." but not "Dr ."
-        if attached and match.group(1).startswith(".") and (
-            word in ABBREVIATIONS or (len(word) == 1 and word.isalpha())
-        ):
-            continue
-        sentence = text[start:match.end(1)].strip()
-        if sentence:
-            sentences.append(sentence)
-        start = match.end()
-    tail = text[start:].strip()
-    if tail:
-        sentences.append(tail)
-    return sentences
-
-
 def iter_documents(
     files: list[Path],
     document_pattern: str | None = None,
     skip_pattern: str | None = None,
     text_column: str = "sentence",
+    document_per_line: bool = False,
 ) -> Iterator[list[str]]:
     """Yield each document as a list of sentences, streaming through `files` in order.
 
@@ -109,12 +68,16 @@ def iter_documents(
             None: blank lines separate documents.
         skip_pattern: regex of lines to drop (e.g. WikiText's `= = Section = =` headings).
         text_column: the column read from TSV files.
+        document_per_line: each line is a document of its own (the patterns do not apply but
+            `skip_pattern`).
     """
     heading = re.compile(document_pattern) if document_pattern else None
     skip = re.compile(skip_pattern) if skip_pattern else None
     for path in files:
-        if path.suffix == ".tsv":
-            yield from filter(None, map(split_sentences, read_lines(path, text_column)))
+        if path.suffix == ".tsv" or document_per_line:
+            lines = read_lines(path, text_column)
+            kept = (line for line in lines if not (skip and skip.match(line)))
+            yield from filter(None, map(split_sentences, kept))
             continue
         sentences: list[str] = []
         for line in read_lines(path, text_column):

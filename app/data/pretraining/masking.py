@@ -6,16 +6,19 @@ ALBERT masks whole n-grams of words (n <= 3, P(n) proportional to 1/n), about 15
 at most `max_predictions` per sequence; each chosen token becomes [MASK] (80%), a random token
 (10%) or stays (10%). Here each segment's words are cut into consecutive spans of n words
 (n drawn from P(n)); spans are visited in random order and taken whole until about 15% of the
-tokens are chosen, by a rule that does not favour short or long spans. Words are SentencePiece
-pieces starting with "▁" plus their continuation pieces. Special and padding tokens are never
-chosen. All randomness comes from stateless ops on a per-example seed.
+tokens are chosen, by a rule that does not favour short or long spans. What starts a word is
+app.data.text.word_units' rule for the vocabulary's kind (Google's: every CJK piece is a word).
+Special and padding tokens are never chosen. All randomness comes from stateless ops on a
+per-example seed.
 """
 
 import tensorflow as tf
 
+from app.data.text import word_starts
+from app.data.text.word_units import WHOLE_WORD_FLAG
 from app.data.tokenizer import SPECIAL_PIECES
+from app.data.wordpiece import SPECIAL_TOKENS
 
-WORD_START = "\u2581"
 NUM_SEGMENTS = 2
 
 
@@ -23,7 +26,7 @@ class NGramMasker:
     """Masks one packed example: `masker(features, seed) -> (x, y, sample_weight)`.
 
     Args:
-        vocabulary: the SentencePiece pieces, index = token id.
+        vocabulary: the SentencePiece or WordPiece pieces, index = token id.
         masked_lm_prob: fraction of the (non-special) tokens to predict.
         max_predictions: the most tokens predicted per sequence (output width).
         max_ngram: the longest n-gram (in words).
@@ -44,18 +47,29 @@ class NGramMasker:
         mask_token_rate: float = 0.8,
         random_token_rate: float = 0.1,
     ):
-        special = {vocabulary.index(p) for p in SPECIAL_PIECES if p in vocabulary}
+        special = {vocabulary.index(p) for p in (*SPECIAL_PIECES, *SPECIAL_TOKENS)
+                   if p in vocabulary}
         self.mask_id = vocabulary.index("[MASK]")
         self.masked_lm_prob = masked_lm_prob
         self.max_predictions = max_predictions
         self.mask_token_rate = mask_token_rate
         self.random_token_rate = random_token_rate
         self.maskable = tf.constant([i not in special for i in range(len(vocabulary))])
-        self.word_start = tf.constant([p.startswith(WORD_START) for p in vocabulary])
+        self.word_start = tf.constant(word_starts(vocabulary))
         self.random_ids = tf.constant(
             [i for i in range(len(vocabulary)) if i not in special], tf.int32)
         # log P(n) up to a constant, P(n) = (1/n) / sum_k (1/k).
         self.ngram_logits = tf.math.log(1.0 / tf.range(1, max_ngram + 1, dtype=tf.float32))
+
+    def word_starts(self, token_ids):
+        """(starts a word, maskable) per token: the vocabulary's rule, unless a segmenter flagged
+        the token as continuing a word (WHOLE_WORD_FLAG); a token after a special one starts."""
+        continues = token_ids >= WHOLE_WORD_FLAG
+        token_ids = token_ids % WHOLE_WORD_FLAG
+        maskable = tf.gather(self.maskable, token_ids)
+        previous = tf.concat([[False], maskable[:-1]], axis=0)
+        starts = maskable & ((tf.gather(self.word_start, token_ids) & ~continues) | ~previous)
+        return starts, maskable
 
     def select_spans(self, token_ids, segment_ids, seed):
         """Choose whole n-grams to mask in one sequence.
@@ -67,9 +81,7 @@ class NGramMasker:
         length = tf.shape(token_ids)[0]
         num_spans = NUM_SEGMENTS * length
         span_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        maskable = tf.gather(self.maskable, token_ids)
-        previous = tf.concat([[False], maskable[:-1]], axis=0)
-        starts = maskable & (tf.gather(self.word_start, token_ids) | ~previous)
+        starts, maskable = self.word_starts(token_ids)
         word_index = tf.cumsum(tf.cast(starts, tf.int32)) - 1
         segment_ids = tf.cast(segment_ids, tf.int32)
         words_per_segment = tf.math.unsorted_segment_sum(
@@ -143,10 +155,11 @@ class NGramMasker:
             positions) and `sop`; sample weights (`mlm`: 1 for real predictions, 0 for padding;
             `sop`: the example's `sop_weight`, 1 without one).
         """
-        token_ids = tf.cast(features["token_ids"], tf.int32)
+        flagged = tf.cast(features["token_ids"], tf.int32)
         span_seed, replace_seed, random_seed = tf.unstack(
             tf.random.experimental.stateless_split(seed, 3))
-        chosen, _, _ = self.select_spans(token_ids, features["segment_ids"], span_seed)
+        chosen, _, _ = self.select_spans(flagged, features["segment_ids"], span_seed)
+        token_ids = flagged % WHOLE_WORD_FLAG  # the segmenter's flags never reach the model
         length = tf.shape(token_ids)
         draw = tf.random.stateless_uniform(length, replace_seed)
         random_tokens = tf.gather(self.random_ids, tf.random.stateless_uniform(

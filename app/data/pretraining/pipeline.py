@@ -10,13 +10,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sentencepiece
 import tensorflow as tf
 from omegaconf import DictConfig
 
 from app.data.pretraining.corpus import iter_documents
 from app.data.pretraining.pairs import SpecialIds, iter_examples
+from app.data.text.word_units import mark_word_continuations, segmenter
 from app.data.tokenizer import SPECIAL_PIECES
+from app.data.wordpiece import SPECIAL_TOKENS
 from app.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -35,19 +36,21 @@ class CorpusStats:
     files: list[str] = field(default_factory=list)
 
 
-def special_ids(processor: sentencepiece.SentencePieceProcessor, source: str) -> SpecialIds:
-    """ALBERT's special ids in a SentencePiece model; ConfigError naming `source` if any is missing.
-    """
-    missing = [p for p in SPECIAL_PIECES
-               if p != "<unk>" and processor.piece_to_id(p) == processor.unk_id()]
+def special_ids(processor, source: str) -> SpecialIds:
+    """ALBERT's special ids in a SentencePiece model (`<pad>`) or a WordPiece vocabulary
+    (`[PAD]`); ConfigError naming `source` if any is missing."""
+    known = processor.piece_to_id("<pad>") != processor.unk_id()
+    pad, specials = ("<pad>", SPECIAL_PIECES) if known else ("[PAD]", SPECIAL_TOKENS)
+    missing = [p for p in (pad, "[CLS]", "[SEP]", "[MASK]")
+               if processor.piece_to_id(p) == processor.unk_id()]
     if missing:
         raise ConfigError(
             f"The tokenizer from {source} lacks ALBERT's special pieces {missing}; pretraining "
-            f"needs all of {list(SPECIAL_PIECES)} ([MASK] for masked-LM). Train one with "
+            f"needs all of {list(specials)} ([MASK] for masked-LM). Train one with "
             f"`python -m app.tokenizer input=<corpus>`"
         )
     piece = processor.piece_to_id
-    return SpecialIds(pad=piece("<pad>"), cls=piece("[CLS]"), sep=piece("[SEP]"),
+    return SpecialIds(pad=piece(pad), cls=piece("[CLS]"), sep=piece("[SEP]"),
                       mask=piece("[MASK]"))
 
 
@@ -58,11 +61,13 @@ def corpus_documents(
 
     Args:
         files: the corpus files.
-        data: the `data` config (`document_pattern`, `skip_pattern`, `eval_fraction`).
+        data: the `data` config (`document_pattern`, `document_per_line`, `skip_pattern`,
+            `eval_fraction`).
         holdout: None: all documents; True: only the held-out ones; False: all others.
     """
     every = round(1 / data.eval_fraction) if data.eval_fraction else 0
-    documents = iter_documents(files, data.document_pattern, data.skip_pattern, data.text_column)
+    documents = iter_documents(files, data.document_pattern, data.skip_pattern, data.text_column,
+                               data.get("document_per_line", False))
     for index, document in enumerate(documents):
         if holdout is None or not every or (index % every == every - 1) == holdout:
             yield document
@@ -74,11 +79,20 @@ def corpus_sentences(files: list[Path], data: DictConfig) -> Iterator[str]:
         yield from document
 
 
-def _tokenized(documents, processor, stats: CorpusStats, description: str):
-    """Token ids of each document's sentences; a progress line every PROGRESS_DOCUMENTS."""
+def _tokenized(documents, processor, stats: CorpusStats, description: str, segment=None):
+    """Token ids of each document's sentences; a progress line every PROGRESS_DOCUMENTS.
+
+    With a word segmenter (`segment`), ids continuing one of its words carry WHOLE_WORD_FLAG.
+    """
     for document in documents:
         stats.documents += 1
-        sentences = [ids for ids in processor.encode(document) if ids]
+        encoded = processor.encode(document)
+        if segment is not None:
+            encoded = [
+                mark_word_continuations(sentence, ids, [processor.id_to_piece(i) for i in ids],
+                                        segment)
+                for sentence, ids in zip(document, encoded, strict=True)]
+        sentences = [ids for ids in encoded if ids]
         stats.sentences += len(sentences)
         stats.multi_sentence_documents += len(sentences) > 1
         if stats.documents % PROGRESS_DOCUMENTS == 0:
@@ -95,11 +109,12 @@ def _signature(sequence_length: int) -> dict:
 
 def pretraining_examples(
     documents_fn,
-    processor: sentencepiece.SentencePieceProcessor,
+    processor,
     data: DictConfig,
     seed: int,
     max_examples: int | None = None,
     description: str = "corpus",
+    stats: CorpusStats | None = None,
 ) -> tuple[tf.data.Dataset, int]:
     """Packed in-order sentence pairs (unmasked), cached in memory, and their number.
 
@@ -109,20 +124,25 @@ def pretraining_examples(
 
     Args:
         documents_fn: a callable returning a fresh iterator of documents (lists of sentences).
-        processor: the SentencePiece model (ALBERT's special pieces checked by the caller).
-        data: the `data` config (`sequence_length`, `short_seq_prob`).
+        processor: the tokenizer's Python-side encoder (SentencePiece's processor, or
+            app.data.wordpiece.WordPieceEncoder).
+        data: the `data` config (`sequence_length`, `short_seq_prob`, `whole_word_segmenter`).
         seed: the pairs (target lengths, split points) derive from it.
         max_examples: stop after this many examples.
         description: names the data in errors.
+        stats: filled with what reading the corpus saw (documents, sentences), if given.
 
     Raises:
         DataError: the corpus has no text, or no document with two or more sentences.
     """
     ids = special_ids(processor, description)
-    stats = CorpusStats()
+    stats = CorpusStats() if stats is None else stats
+
+    name = data.get("whole_word_segmenter")
+    segment = segmenter(name) if name else None
 
     def examples():
-        documents = _tokenized(documents_fn(), processor, stats, description)
+        documents = _tokenized(documents_fn(), processor, stats, description, segment)
         yield from iter_examples(documents, data.sequence_length, ids, data.short_seq_prob, seed)
 
     dataset = tf.data.Dataset.from_generator(

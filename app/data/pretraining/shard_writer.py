@@ -58,7 +58,7 @@ class PrepareSettings:
     Args:
         files: the corpus files, in reading order.
         data: `sequence_length`, `short_seq_prob`, `eval_fraction`, `document_pattern`,
-            `skip_pattern` (the keys of the training `data` config).
+            `document_per_line`, `skip_pattern` (the keys of the training `data` config).
         seed: the pairs' target lengths and split points derive from it.
         shard_size_mb: MB of text per shard (the last one of each split is smaller).
     """
@@ -74,6 +74,7 @@ class PrepareSettings:
             "inputs": [{"file": str(path), "bytes": path.stat().st_size} for path in self.files],
             "sequence_length": data.sequence_length, "short_seq_prob": data.short_seq_prob,
             "eval_fraction": data.eval_fraction, "document_pattern": data.document_pattern,
+            "document_per_line": data.get("document_per_line", False),
             "skip_pattern": data.skip_pattern, "text_column": data.text_column, "seed": self.seed,
             "shard_size_mb": self.shard_size_mb,
         }
