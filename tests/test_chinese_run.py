@@ -3,7 +3,10 @@ Chinese ALBERT folder (WordPiece vocab.txt, relu, made with transformers), then 
 reloaded by transformers, keras-hub and `albert-evaluate`."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,12 +16,14 @@ pytest.importorskip("transformers", reason="the `interop` extra is not installed
 
 import keras_hub  # noqa: E402
 from test_chinese_checkpoints import CHINESE, VOCAB, chinese_folder  # noqa: E402
+from test_serving import SERVE_SCRIPT  # noqa: E402
 from test_transformers_interop import reload_with_transformers  # noqa: E402
 
 from app import evaluate, train  # noqa: E402
 from app.data import synthetic  # noqa: E402
 from app.models.albert_backbone import AlbertActivationTextClassifier  # noqa: E402
 from app.runtime.loading import load_model  # noqa: E402
+from app.tasks.inference import softmax  # noqa: E402
 
 GOOD, BAD = "很好干净舒服方便喜欢", "差脏吵贵无聊失望"
 
@@ -64,6 +69,14 @@ def test_chnsenticorp_recipe_from_a_chinese_relu_checkpoint(tmp_path, monkeypatc
     assert isinstance(preset, AlbertActivationTextClassifier)
     expected = load_model(export / "model.keras", compile=False).predict(texts, verbose=0)
     np.testing.assert_allclose(preset.predict(texts, verbose=0), expected, atol=1e-5)
+    # The SavedModel tokenizes raw Chinese with TensorFlow and tensorflow_text alone.
+    served = subprocess.run(
+        [sys.executable, "-c", SERVE_SCRIPT, str(export), json.dumps(sample["inputs"])],
+        cwd=tmp_path, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, capture_output=True,
+        text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    probabilities = np.array(json.loads(served.stdout.strip().splitlines()[-1])["probabilities"])
+    np.testing.assert_allclose(probabilities, softmax(np.array(sample["outputs"])), atol=1e-5)
     assert run_command(monkeypatch, evaluate.main, f"run={run}", "split=test",
                        "progress=false") == 0
     record = json.loads((run / "eval_test.json").read_text())
