@@ -6,14 +6,18 @@ import logging
 
 import numpy as np
 import pytest
+import sentencepiece
+import tensorflow as tf
 from conftest import shared_data
 from omegaconf import OmegaConf
 
 from app.data.pretraining.corpus import iter_documents, read_lines
 from app.data.pretraining.masking import NGramMasker
 from app.data.pretraining.pairs import RecentSentences, document_pairs
-from app.data.pretraining.pipeline import CorpusStats, pretraining_examples
+from app.data.pretraining.pipeline import CorpusStats, corpus_documents, pretraining_examples
 from app.data.pretraining.sentence_order import count_pair_kinds
+from app.data.pretraining.shard_format import record_parser
+from app.data.pretraining.shard_writer import PrepareSettings, prepare_corpus
 from app.data.pretraining.signal import corpus_signal, masking_stats, report_signal
 from app.data.text import split_sentences
 from app.data.tokenizer import train_sentencepiece
@@ -108,3 +112,47 @@ def test_a_masker_that_misses_words_is_reported(caplog):
     assert "only 30.0% of the examples hold two segments" in warnings[1]
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len(info) == 1 and "3.00 sentences each" in info[0]
+
+
+CLAUSES = ["房间很干净", "服务员态度很好", "早餐种类不多", "位置离地铁站很近", "隔音效果太差了",
+           "价格有点贵", "下次还会再来", "前台办理入住很快", "床很舒服", "空调声音很大"]
+
+
+def chinese_corpus(path, count: int = 120, seed: int = 0):
+    """One review per line, one to eight clauses, no spaces."""
+    rng = np.random.default_rng(seed)
+    lines = ["".join(f"{rng.choice(CLAUSES)}{rng.choice(['。', '！', '，'])}"
+                     for _ in range(rng.integers(1, 9))) for _ in range(count)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_prepare_and_in_memory_give_the_same_chinese_examples_and_signal(tmp_path):
+    """albert-prepare reads, splits and packs with the in-memory path's code: with the shard's
+    seed, the in-memory examples equal the prepared shard's, and the manifest has the signal."""
+    corpus = chinese_corpus(tmp_path / "reviews.txt")
+    sentences = [s for line in read_lines(corpus) for s in split_sentences(line)]
+    proto = train_sentencepiece(sentences, tmp_path / "spm", vocab_size=80,
+                                hard_vocab_limit=False).read_bytes()
+    data = OmegaConf.create({"sequence_length": 64, "short_seq_prob": 0.1, "eval_fraction": 0.0,
+                             "document_pattern": None, "document_per_line": True,
+                             "skip_pattern": None, "text_column": "sentence"})
+    manifest = prepare_corpus(PrepareSettings([corpus], data, 7, 16.0), proto, tmp_path / "out")
+    shards = manifest["splits"]["train"]["shards"]
+    assert [shard["file"] for shard in shards] == ["train-00000.tfrecord.gz"]
+    parse = record_parser(64, manifest["tokenizer"]["token_dtype"], manifest["extra_keys"])
+    prepared = [parse(record)[1] for record in tf.data.TFRecordDataset(
+        str(tmp_path / "out" / "train-00000.tfrecord.gz"), compression_type="GZIP")]
+    shard_seed = int(np.random.SeedSequence([7, 0, 0]).generate_state(1)[0])
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    in_memory, count = pretraining_examples(
+        lambda: corpus_documents([corpus], data), processor, data, shard_seed)
+    assert count == len(prepared) == manifest["splits"]["train"]["examples"]
+    for mine, theirs in zip(in_memory.as_numpy_iterator(), prepared, strict=True):
+        for key in ("token_ids", "segment_ids", "padding_mask", "trimmed", "random_next"):
+            np.testing.assert_array_equal(mine[key], theirs[key].numpy(), err_msg=key)
+    signal = manifest["signal"]
+    assert signal["documents"] == 120 and sum(signal["pair_kinds"].values()) >= count
+    assert signal["sentences_per_document"] > 2.0
+    # Every Chinese piece is a word of its own (Google's rule).
+    assert 0.12 <= signal["masked_share"] <= 0.18 and signal["tokens_per_word_unit"] == 1.0

@@ -27,8 +27,10 @@ import sentencepiece
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
+from app.data.pretraining.masking import NGramMasker
 from app.data.pretraining.pairs import iter_examples
 from app.data.pretraining.pipeline import corpus_documents, special_ids
+from app.data.pretraining.sentence_order import SOP_SUBSETS
 from app.data.pretraining.shard_format import (
     FORMAT_VERSION,
     ID_SHIFT,
@@ -40,15 +42,19 @@ from app.data.pretraining.shard_format import (
     TOKENIZER_FILE,
     encode_example,
     file_sha256,
+    record_parser,
     shard_name,
     token_dtype,
     write_json,
 )
+from app.data.pretraining.signal import corpus_signal, masking_stats, report_signal
 from app.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 10.0
+# A shard's own counts that the manifest sums into its `signal` instead of listing per shard.
+SHARD_ONLY_STATS = ("extra_keys", "sentences", "multi_sentence_documents", "pair_kinds")
 
 
 @dataclass
@@ -128,19 +134,26 @@ class _ShardWriter:
         name = shard_name(split, index)
         seed = int(np.random.SeedSequence(
             [self.settings["seed"], SPLITS.index(split), index]).generate_state(1)[0])
-        tokenized = ([ids for ids in self.processor.encode(document) if ids]
-                     for document in documents)
+        tokenized = [[ids for ids in self.processor.encode(document) if ids]
+                     for document in documents]
         examples = iter_examples(tokenized, self.settings["sequence_length"], self.ids,
                                  self.settings["short_seq_prob"], seed)
         scratch = self.output / f".tmp-{name}"
-        count, keys = 0, set()
+        count, keys, kinds = 0, set(), dict.fromkeys(SOP_SUBSETS, 0)
         with tf.io.TFRecordWriter(str(scratch), options="GZIP") as writer:
             for count, example in enumerate(examples, start=1):
                 keys.update(set(example) - set(PACKED_KEYS))
                 writer.write(encode_example(example, index << ID_SHIFT | (count - 1),
                                             self.dtype))
+                trimmed, random_next = bool(example["trimmed"]), bool(example["random_next"])
+                kinds["whole"] += not (trimmed or random_next)
+                kinds["trimmed"] += trimmed
+                kinds["random_next"] += random_next
         os.replace(scratch, self.output / name)
         stats = {"file": name, "examples": count, "documents": len(documents),
+                 "sentences": sum(map(len, tokenized)),
+                 "multi_sentence_documents": sum(len(document) > 1 for document in tokenized),
+                 "pair_kinds": kinds,
                  "bytes": (self.output / name).stat().st_size,
                  "sha256": file_sha256(self.output / name), "extra_keys": sorted(keys)}
         write_json(self.output / PROGRESS_DIR / f"{name}.json", stats)
@@ -264,9 +277,30 @@ def prepare_corpus(settings: PrepareSettings, proto: bytes, output: Path,
             f"{manifest['splits']['train']['documents']} training documents; expected UTF-8 "
             f"text, documents of several sentences separated by blank lines or by "
             f"`data.document_pattern` headings")
+    manifest["signal"] = _signal(output, manifest, proto, shards["train"])
+    report_signal(manifest["signal"], f"Prepared training corpus ({output})")
     write_json(output / MANIFEST_FILE, manifest)
     shutil.rmtree(output / PROGRESS_DIR)
     return manifest
+
+
+def _signal(output: Path, manifest: dict, proto: bytes, jobs: list) -> dict:
+    """The training split's signal (app.data.pretraining.signal): counts from the shards' stats,
+    the masked share from masking the first SAMPLE_EXAMPLES training pairs at ALBERT's 15%."""
+    stats = [job.stats for job in jobs]
+    settings = manifest["settings"]
+    paths = [str(output / shard["file"]) for shard in manifest["splits"]["train"]["shards"]]
+    examples = tf.data.TFRecordDataset(paths, compression_type="GZIP").map(record_parser(
+        settings["sequence_length"], manifest["tokenizer"]["token_dtype"],
+        manifest["extra_keys"])).map(lambda example_id, features: features)
+    processor = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    masker = NGramMasker([processor.id_to_piece(i) for i in range(processor.get_piece_size())])
+    return corpus_signal(
+        sum(s["documents"] for s in stats), sum(s.get("sentences", 0) for s in stats),
+        sum(s.get("multi_sentence_documents", 0) for s in stats),
+        sum(s["examples"] for s in stats),
+        {kind: sum(s.get("pair_kinds", {}).get(kind, 0) for s in stats) for kind in SOP_SUBSETS},
+        masking_stats(masker, examples, settings["seed"]))
 
 
 def _manifest(recorded: dict, proto: bytes, shards: dict[str, list[dict]]) -> dict:
@@ -275,7 +309,7 @@ def _manifest(recorded: dict, proto: bytes, shards: dict[str, list[dict]]) -> di
                     for key in shard["extra_keys"]})
     splits = {split: {"examples": sum(s["examples"] for s in stats),
                       "documents": sum(s["documents"] for s in stats),
-                      "shards": [{k: v for k, v in s.items() if k != "extra_keys"}
+                      "shards": [{k: v for k, v in s.items() if k not in SHARD_ONLY_STATS}
                                  for s in stats]}
               for split, stats in shards.items()}
     return {
