@@ -73,6 +73,19 @@ def test_vocabulary_size_case_folds_when_lowercasing():
     assert vocabulary_size(texts, lowercase=False) == (3000, 6000)
 
 
+def test_vocabulary_size_counts_every_chinese_character_as_a_word():
+    characters = [chr(0x4E00 + i) for i in range(2500)]
+    reviews = ["".join(characters[i:i + 50]) + "，很好！" for i in range(0, 2500, 50)]
+    # One "word" per review by whitespace; 2,504 distinct characters (+ 很 好 ， ！), all kept.
+    assert vocabulary_size(reviews, lowercase=True) == (2500, 2504)
+    # Other words count half: 4 more units, 2 more entries.
+    mixed = [text + " wifi ok" for text in reviews] + ["Great view"]
+    assert vocabulary_size(mixed, lowercase=True) == (2500, 2508)
+    assert vocabulary_size(mixed + ["x y z a b c d e f g h i j k l m n o p q r s t u v w " * 8
+                                     + " ".join(f"w{i}" for i in range(200))],
+                           lowercase=True)[0] == 2600
+
+
 def test_default_vocabulary_is_sized_from_trec(tmp_path, caplog):
     trec = shared_data("trec")
     cfg = compose_config("data=trec", f"data.dir={trec}")

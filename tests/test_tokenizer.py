@@ -63,6 +63,20 @@ def test_train_tokenizer_writes_model_vocab_and_report(tmp_path):
     assert [line.split("\t")[0] for line in vocab_lines[:5]] == list(SPECIAL_PIECES)
 
 
+def test_train_tokenizer_wordpiece_on_chinese_text(tmp_path):
+    lines = ["房间很干净，服务很好。", "早餐一般！位置不错", "隔音太差了，不会再来。"] * 30
+    (tmp_path / "zh.txt").write_text("\n".join(lines), encoding="utf-8")
+    report = train_tokenizer(str(tmp_path / "zh.txt"), tmp_path / "out", vocab_size=200,
+                             kind="wordpiece", holdout_every=10)
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"vocab.txt"}
+    assert report["kind"] == "wordpiece" and report["model"] == str(tmp_path / "out" / "vocab.txt")
+    assert report["special_pieces"] == {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3,
+                                        "[MASK]": 4}
+    # Words of Chinese text are its characters: one piece each, all known.
+    assert report["pieces_per_word"] == 1.0 and report["word_coverage"] == 1.0
+    assert report["held_out_words"] > report["held_out_sentences"] * 3
+
+
 def test_vocab_size_the_corpus_cannot_support_is_a_clear_error(tmp_path):
     write_text(tmp_path / "a.txt", repeat=2)
     with pytest.raises(DataError, match=r"support a vocabulary of 5000 pieces.*vocab_size <= \d+"):
