@@ -72,6 +72,10 @@ def test_wrong_type_is_refused():
     ("trainer.on_collapse=ignore", "`trainer.on_collapse` must be one of .'warn', 'stop'."),
     ("model.learning_rate=0", "`model.learning_rate` must be > 0. Received: 0.0"),
     ("model.preset_learning_rate=-1e-5", "`model.preset_learning_rate` must be > 0"),
+    ("tokenizer.kind=bpe", "`tokenizer.kind` must be one of .'sentencepiece', 'wordpiece'."),
+    ("tokenizer.vocab=missing.txt", "`tokenizer.vocab` does not exist"),
+    ("model.activation=swish", "`model.activation` must be one of .'gelu_new', 'gelu', 'relu'."),
+    ("model.tokenizer=/no/such/folder", "`model.tokenizer` must be a folder holding vocab.txt"),
 ])
 def test_bad_config_values(override, message):
     cfg = compose_config(*TINY, override)

@@ -33,6 +33,7 @@ from app.data.pretraining.sentence_order import (
     order_and_mask,
 )
 from app.data.text import split_sentences
+from app.data.text.word_units import WHOLE_WORD_FLAG
 from app.data.tokenizer import SPECIAL_PIECES, train_sentencepiece
 from app.errors import ConfigError, DataError
 
@@ -411,6 +412,26 @@ def test_ngram_masking_statistics_at_the_shipped_settings(length, max_prediction
     observed = {n: lengths[n] / total for n in (1, 2, 3)}
     assert all(abs(observed[n] - (1 / n) / (1 + 1 / 2 + 1 / 3)) < 0.04 for n in (1, 2, 3)), \
         observed
+
+
+def test_segmenter_flags_group_masking_and_never_reach_inputs_or_labels():
+    masker = NGramMasker(VOCAB, masked_lm_prob=0.5, max_predictions=12)
+    examples = random_examples(200, 24, seed=4, full=True)
+    flagged = examples["token_ids"].copy()
+    flagged[:, 2::2] |= WHOLE_WORD_FLAG  # every other token continues the one before it
+    x, y, weights = mask_all(masker, {**examples, "token_ids": flagged}, seed=5)
+    tokens = examples["token_ids"]
+    for row in range(200):
+        positions = x["mask_positions"][row][weights["mlm"][row] > 0]
+        # Labels are the tokenizer's ids; unchosen inputs too: the flags never reach the model.
+        np.testing.assert_array_equal(y["mlm"][row][:len(positions)], tokens[row][positions])
+        kept = np.setdiff1d(np.arange(24), positions)
+        np.testing.assert_array_equal(x["token_ids"][row][kept], tokens[row][kept])
+        chosen = set(positions.tolist())
+        for position in chosen:
+            # A flagged token is masked with the one before it, unless that one is special.
+            if position % 2 == 0 and position >= 2 and tokens[row][position - 1] >= 5:
+                assert position - 1 in chosen
 
 
 def test_whole_words_masked_and_max_predictions_respected():

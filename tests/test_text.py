@@ -61,3 +61,18 @@ def test_word_starts_pick_the_rule_from_the_vocabulary():
     wordpiece = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##believ", "酒"]
     assert word_starts(sentencepiece)[5:] == [True, False, True]
     assert word_starts(wordpiece)[5:] == [True, False, True]
+
+
+def test_a_segmenters_words_group_cjk_tokens_and_nothing_else():
+    jieba = pytest.importorskip("jieba", reason="the `chinese` extra (jieba) is not installed")
+    del jieba
+    from app.data.text.word_units import WHOLE_WORD_FLAG, mark_word_continuations, segmenter
+
+    sentence = "这家酒店的服务很好 wifi 快"
+    pieces = ["这", "##家", "酒", "店", "的", "服", "务", "很", "好", "wi", "##fi", "快"]
+    ids = list(range(10, 10 + len(pieces)))
+    marked = mark_word_continuations(sentence, ids, pieces, segmenter("jieba"))
+    continues = [piece for piece, token in zip(pieces, marked, strict=True)
+                 if token & WHOLE_WORD_FLAG]
+    assert continues == ["##家", "店", "务"]  # 这家 酒店 服务 are jieba words; wifi is not CJK
+    assert [token % WHOLE_WORD_FLAG for token in marked] == ids

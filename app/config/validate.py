@@ -221,6 +221,9 @@ def validate(cfg: DictConfig) -> None:
     _check_one_of("tokenizer.model_type", cfg.tokenizer.model_type, ("unigram", "bpe"))
     _check_at_least("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16)
     _check_one_of("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)
+    _check(not (cfg.data.get("prepared") and cfg.tokenizer.kind == "wordpiece"),
+           "`tokenizer.kind=wordpiece` with `data.prepared`: albert-prepare writes SentencePiece "
+           "pairs only; pretrain a WordPiece model from the corpus itself (data=text_corpus)")
     if cfg.tokenizer.proto is not None:
         _check_file("tokenizer.proto", Path(cfg.tokenizer.proto))
     if cfg.tokenizer.vocab is not None:
