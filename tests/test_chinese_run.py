@@ -10,12 +10,19 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_command
+from conftest import TINY, run_command
 
 pytest.importorskip("transformers", reason="the `interop` extra is not installed")
 
 import keras_hub  # noqa: E402
 from test_chinese_checkpoints import CHINESE, VOCAB, chinese_folder  # noqa: E402
+from test_resume import (  # noqa: E402
+    assert_same_outcome,
+    finish,
+    saved_steps,
+    start,
+    wait_for_step,
+)
 from test_serving import SERVE_SCRIPT  # noqa: E402
 from test_transformers_interop import reload_with_transformers  # noqa: E402
 
@@ -81,3 +88,28 @@ def test_chnsenticorp_recipe_from_a_chinese_relu_checkpoint(tmp_path, monkeypatc
                        "progress=false") == 0
     record = json.loads((run / "eval_test.json").read_text())
     assert record["num_examples"] == 40 and 0.0 <= record["metrics"]["accuracy"] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_wordpiece_run_killed_mid_epoch_resumes_to_the_same_model(tmp_path):
+    data = tmp_path / "data"
+    synthetic.write_tsv(data / "train.tsv", ("text", "label"), reviews(320, seed=4))
+    synthetic.write_tsv(data / "dev.tsv", ("text", "label"), reviews(48, seed=5))
+
+    def overrides(run_dir):
+        return [*TINY, "data=tsv", f"data.dir={data}", "data.text_column=text",
+                "tokenizer.kind=wordpiece", "tokenizer.vocab_size=null",
+                "trainer.deterministic=true", "trainer.epochs=2",
+                "trainer.checkpoint_every_n_steps=4", "logger=none", f"hydra.run.dir={run_dir}"]
+
+    finish(start(*overrides(tmp_path / "reference")))
+    run_dir = tmp_path / "run"
+    process = start(*overrides(run_dir))
+    wait_for_step(process, run_dir, 13)
+    process.kill()
+    process.wait()
+    assert saved_steps(run_dir)[-1] < 40
+    finish(start(f"resume={run_dir}"))
+    assert (run_dir / "tokenizer" / "vocab.txt").read_bytes() == (
+        tmp_path / "reference" / "tokenizer" / "vocab.txt").read_bytes()
+    assert_same_outcome(run_dir, tmp_path / "reference")
