@@ -61,6 +61,8 @@ def signal_of(documents: list[list[str]], processor, seed: int = 0) -> dict:
                          count_pair_kinds(examples), masking_stats(masker, examples, seed))
 
 
+# The real-data tests train tokenizers on ../shared/data: slow (CI runs them).
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sentencepiece", "wordpiece"])
 def test_chinese_reviews_mask_fifteen_percent(kind, tmp_path):
     reviews = chnsenticorp_reviews()
@@ -73,6 +75,7 @@ def test_chinese_reviews_mask_fifteen_percent(kind, tmp_path):
     assert signal["sentences_per_document"] > 2.5, signal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sentencepiece", "wordpiece"])
 def test_wikitext_masks_fifteen_percent(kind, tmp_path):
     documents = wikitext_documents()
@@ -82,6 +85,7 @@ def test_wikitext_masks_fifteen_percent(kind, tmp_path):
     assert signal["tokens_per_word_unit"] > 1.0, signal
 
 
+@pytest.mark.slow
 def test_most_multi_sentence_reviews_yield_sentence_order_pairs(tmp_path):
     """At the fine-tuning recipes' length, nine in ten reviews of several sentences give at least
     one pair of two of their own sentences."""

@@ -161,6 +161,7 @@ PIECES = [st.characters(min_codepoint=lo, max_codepoint=hi) for lo, hi in BLOCKS
 PIECES.append(st.sampled_from(list(HAN) + WORDS + [" ", "\t", "\u3000", "\x00", "\u0301", "Σ"]))
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(text=st.lists(st.one_of(*PIECES), max_size=40).map("".join).filter(no_special),
        flags=st.sampled_from(FLAGS))
@@ -224,6 +225,7 @@ def test_special_ids_and_vocabulary(pair, vocab_file):
     assert set(masked["token_ids"][0].numpy().tolist()[1:6]) == {4}
 
 
+@pytest.mark.slow
 def test_tf_data_graph_and_saved_model_match_eager(pair, tmp_path):
     tokenizer, hf = pair()
     texts = [TEXTS[name] for name in ["simplified", "full-width", "control characters",
