@@ -28,11 +28,10 @@ _LETTERS = frozenset(string.ascii_lowercase)
 _PUNCTUATION = frozenset(string.punctuation) | {"€", "£"}
 # Characters of scripts written without spaces between words (Han, kana, Hangul syllables) and
 # their punctuation and full-width forms: a regex character-class body.
-CJK_CHARS = ("\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3400-\u4dbf\u4e00-\u9fff"
-             "\uac00-\ud7af\uf900-\ufaff\uff00-\uffef\U00020000-\U0002fa1f")
 _CJK_RANGES = [(0x3000, 0x303F), (0x3040, 0x30FF), (0x3100, 0x312F), (0x3400, 0x4DBF),
                (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF),
                (0x20000, 0x2FA1F)]
+CJK_CHARS = "".join(f"{chr(low)}-{chr(high)}" for low, high in _CJK_RANGES)
 
 
 _CJK_CHAR = re.compile(f"([{CJK_CHARS}])")
