@@ -38,8 +38,9 @@ from app.runs.transformers_export import export_transformers  # noqa: E402
 from app.runtime.loading import load_backbone, load_heads, load_preset_tokenizer  # noqa: E402
 from app.train import train  # noqa: E402
 
+# albert-base's shapes; the vocabulary is the test tokenizer's (the loader refuses a mismatch)
 BASE = dict(embedding_size=128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-            intermediate_size=3072, max_position_embeddings=512, vocab_size=30000)
+            intermediate_size=3072, max_position_embeddings=512)
 TEXTS = ["The plot was SUPERB , truly.", "a dull, lifeless film ...",
          "Café  déjà vu — naïve   résumé", "tabs\tand\nnewlines", "1,000,000 reasons 🙂 好"]
 PAIRS = (TEXTS[:3], TEXTS[2:])
