@@ -66,6 +66,16 @@ class DataConfig:
     class_weight: str | None = None
     # The positive class of binary F1 (null: the minority class of the training split).
     positive_label: str | None = None
+    # Token classification (task: token_classification; format conll or jsonl, see
+    # app.data.tagged): CoNLL columns by index; JSONL lists in text_column / label_column.
+    token_column: int = 0
+    tag_column: int = -1
+    tag_scheme: str = "iob2"              # iob2 | iob1 | bioes | bmes, converted to iob2
+    window_stride: int | None = None      # pieces between window starts (null: half a window)
+    # Multi-label classification (task: multilabel): labels in one column split on this.
+    label_separator: str = ","
+    threshold: float = 0.5                # a label is predicted at probability >= threshold
+    tune_thresholds: bool = False         # per-label thresholds tuned on the eval split
     # Pretraining (task: pretraining; see app.data.pretraining): train_file/eval_file are globs.
     document_pattern: str | None = None   # regex of heading lines starting a document
     document_per_line: bool = False       # each line is a document (one review per line)

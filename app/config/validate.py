@@ -14,8 +14,10 @@ from app.data.pretraining.corpus import expand_files
 from app.data.text.word_units import SEGMENTERS
 from app.errors import ConfigError
 
-TASKS = ("classification", "regression", "pretraining")
+TASKS = ("classification", "regression", "token_classification", "multilabel", "pretraining")
 FORMATS = ("tsv", "csv", "jsonl")
+TAGGED_FORMATS = ("conll", "jsonl")
+TAG_SCHEMES = ("iob2", "iob1", "bioes", "bmes")
 TOKENIZER_KINDS = ("sentencepiece", "wordpiece")
 ACTIVATIONS = ("gelu_new", "gelu", "relu")
 STRATEGIES = ("auto", "cpu", "gpu", "mirrored", "multi_worker", "tpu")
@@ -24,22 +26,26 @@ CLASS_WEIGHTS = (None, "balanced")
 ON_COLLAPSE = ("warn", "stop")
 CLASSIFICATION_METRICS = ("loss", "accuracy", "f1", "mcc", "macro_f1")
 REGRESSION_METRICS = ("loss", "mse", "pearson", "spearman")
+# Entity-level (seqeval, strict IOB2) precision, recall and F1, and token accuracy.
+TOKEN_CLASSIFICATION_METRICS = ("loss", "f1", "precision", "recall", "accuracy")
+MULTILABEL_METRICS = ("loss", "micro_f1", "macro_f1", "exact_match")
 PRETRAINING_METRICS = ("loss", "mlm_loss", "sop_loss", "mlm_accuracy", "mlm_perplexity",
                        "sop_accuracy")
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
     """Names of the evaluation metrics reported for a task."""
-    if task == "pretraining":
-        return PRETRAINING_METRICS
-    return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    return {"pretraining": PRETRAINING_METRICS, "classification": CLASSIFICATION_METRICS,
+            "token_classification": TOKEN_CLASSIFICATION_METRICS,
+            "multilabel": MULTILABEL_METRICS}.get(task, REGRESSION_METRICS)
 
 
 def optimized_metric(cfg: DictConfig) -> str:
     """The `val_*` metric that checkpoints and sweeps optimize (task default when unset)."""
     if cfg.optimized_metric:
         return cfg.optimized_metric
-    defaults = {"classification": "val_accuracy", "pretraining": "val_mlm_accuracy"}
+    defaults = {"classification": "val_accuracy", "pretraining": "val_mlm_accuracy",
+                "token_classification": "val_f1", "multilabel": "val_micro_f1"}
     return defaults.get(cfg.data.task, "val_pearson")
 
 
@@ -106,7 +112,21 @@ def _validate_data(data: DictConfig) -> None:
     if data.task == "pretraining":
         _validate_pretraining_data(data)
         return
-    _check_one_of("data.format", data.format, FORMATS)
+    if data.task == "token_classification":
+        _check_one_of("data.format", data.format, TAGGED_FORMATS)
+        _check_one_of("data.tag_scheme", data.tag_scheme, TAG_SCHEMES)
+        _check_at_least("data.window_stride", data.window_stride, 1)
+        _check(data.window_stride is None or data.window_stride <= data.sequence_length - 2,
+               f"`data.window_stride` must be <= `data.sequence_length` - 2 (the pieces of one "
+               f"window). Received: {data.window_stride}")
+        _check(data.text_pair_column is None, "`data.text_pair_column` must be null for "
+               f"token_classification. Received: {data.text_pair_column!r}")
+    else:
+        _check_one_of("data.format", data.format, FORMATS)
+    if data.task == "multilabel":
+        _check(data.label_separator != "", "`data.label_separator` must not be empty")
+        _check(0.0 < data.threshold < 1.0,
+               f"`data.threshold` must be in (0, 1). Received: {data.threshold}")
     _check(Path(data.dir).is_dir(), f"`data.dir` does not exist. Received: '{data.dir}'")
     _check(data.eval_file is not None, "`data.eval_file` must be set. Received: None")
     _check_file("data.train_file", Path(data.dir) / data.train_file)
