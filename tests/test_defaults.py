@@ -76,14 +76,26 @@ def test_vocabulary_size_case_folds_when_lowercasing():
 def test_vocabulary_size_counts_every_chinese_character_as_a_word():
     characters = [chr(0x4E00 + i) for i in range(2500)]
     reviews = ["".join(characters[i:i + 50]) + "，很好！" for i in range(0, 2500, 50)]
-    # One "word" per review by whitespace; 2,504 distinct characters (+ 很 好 ， ！), all kept.
-    assert vocabulary_size(reviews, lowercase=True) == (2500, 2504)
+    # One "word" per review by whitespace; 2,504 distinct characters (+ 很 好 ， ！), all kept:
+    # with the 5 special pieces, 2,509 pieces at least (SentencePiece refuses fewer).
+    assert vocabulary_size(reviews, lowercase=True) == (2600, 2504)
     # Other words count half: 4 more units, 2 more entries.
     mixed = [text + " wifi ok" for text in reviews] + ["Great view"]
-    assert vocabulary_size(mixed, lowercase=True) == (2500, 2508)
+    assert vocabulary_size(mixed, lowercase=True) == (2600, 2508)
     assert vocabulary_size(mixed + ["x y z a b c d e f g h i j k l m n o p q r s t u v w " * 8
                                      + " ".join(f"w{i}" for i in range(200))],
                            lowercase=True)[0] == 2600
+
+
+def test_default_vocabulary_holds_every_character_of_a_small_chinese_corpus(tmp_path):
+    """400 MSRA sentences: 1,780 units round down to 1,700 pieces, fewer than the 1,765
+    characters and special pieces SentencePiece needs; the default takes 1,800."""
+    characters = [chr(0x4E00 + i) for i in range(1760)]
+    texts = [" ".join(characters[i:i + 40]) + " 1 2 a" for i in range(0, 1760, 40)]
+    size, _ = vocabulary_size(texts, lowercase=True)
+    assert size == 1800
+    cfg = compose_config("tokenizer.character_coverage=1.0")
+    assert build_tokenizer(cfg, texts, tmp_path / "tokenizer").vocabulary_size() <= size
 
 
 def test_default_vocabulary_is_sized_from_trec(tmp_path, caplog):

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from app.data.text import is_cjk, words
 from app.data.tokenizer import NORMALIZATION, load_tokenizer, train_sentencepiece
 from app.data.wordpiece import (
+    SPECIAL_TOKENS,
     AlbertWordPieceTokenizer,
     WordPieceEncoder,
     load_wordpiece,
@@ -42,15 +43,20 @@ def vocabulary_size(texts: Iterable[str], lowercase: bool) -> tuple[int, int]:
 
     Words are whitespace-separated, and every CJK character is one of its own (text without
     spaces would otherwise be one "word" per line). All distinct CJK characters plus half the
-    other distinct words, rounded down to a multiple of 100, within
-    [MIN_VOCABULARY, MAX_VOCABULARY].
+    other distinct words, rounded down to a multiple of 100, but never fewer than every distinct
+    character plus the special pieces (rounded up: SentencePiece needs a piece per character),
+    within [MIN_VOCABULARY, MAX_VOCABULARY].
     """
     characters: set[str] = set()
     others: set[str] = set()
+    alphabet: set[str] = set()
     for text in texts:
-        for word in words(text.lower() if lowercase else text):
+        text = text.lower() if lowercase else text
+        alphabet.update(text)
+        for word in words(text):
             (characters if len(word) == 1 and is_cjk(word) else others).add(word)
-    size = (len(characters) + len(others) // 2) // 100 * 100
+    letters = len({c for c in alphabet if not c.isspace()}) + len(SPECIAL_TOKENS)
+    size = max((len(characters) + len(others) // 2) // 100, -(-letters // 100)) * 100
     return min(max(size, MIN_VOCABULARY), MAX_VOCABULARY), len(others) + len(characters)
 
 
@@ -79,7 +85,8 @@ def build_tokenizer(cfg: DictConfig, texts: Iterable[str], out_dir: Path):
         texts = list(texts)  # read twice; the trainers hold them all in memory anyway
         size, distinct = vocabulary_size(texts, settings.lowercase)
         log.info("Vocabulary size %d: the distinct CJK characters and half the other distinct "
-                 "words (%d units in all) of the training texts, within [%d, %d] "
+                 "words (%d units in all) of the training texts, at least one piece per "
+                 "character, within [%d, %d] "
                  "(tokenizer.vocab_size to choose)", size, distinct, MIN_VOCABULARY,
                  MAX_VOCABULARY)
     if settings.kind == "wordpiece":
