@@ -359,6 +359,17 @@ def test_train_wordpiece_on_chinese_without_spaces(tmp_path):
     assert {"hello", "world", "python", "##a"} <= set(tokens) and "Hello" not in tokens
 
 
+def test_every_chinese_character_fits_a_vocabulary_sized_for_them(tmp_path):
+    """1,500 distinct characters (MSRA's train has 3,793) in a vocabulary of 1,600: each is a
+    token (a missing one would read as [UNK]); English words share what is left."""
+    chars = [chr(c) for c in range(0x4E00, 0x4E00 + 1500)]
+    texts = ["".join(chars[i:i + 30]) + " New York ." for i in range(0, 1500, 30)] * 2
+    tokens = set(train_wordpiece(texts, tmp_path / "zh", vocab_size=1600).read_text(
+        "utf-8").split("\n"))
+    assert set(chars) <= tokens
+    assert {"new", "york", "."} <= tokens
+
+
 def test_transformers_config_round_trip(vocab_file, tmp_path):
     texts = list(TEXTS.values())
     for flags in [(True, None, True), (False, False, False), (False, True, True)]:

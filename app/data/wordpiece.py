@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_text
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from app.data.text.word_units import is_cjk
 from app.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,10 @@ def train_wordpiece(texts: Iterable[str], out_dir: str | Path, vocab_size: int,
                     lowercase: bool = True) -> Path:
     """Train a WordPiece vocabulary with BERT's normalization; write `<out_dir>/vocab.txt`.
 
-    Every CJK ideograph is a word of its own. The alphabet (the most frequent characters) takes at
-    most half of the vocabulary, so it and its `##` continuations fit in `vocab_size`.
+    Every CJK ideograph is a word of its own, so it needs no `##` twin: the alphabet (the most
+    frequent characters) holds every distinct CJK character that fits, plus half of the rest of
+    the vocabulary for other characters, so they and their `##` continuations fit in `vocab_size`
+    (a Chinese character missing from the vocabulary would read as [UNK]).
 
     Args:
         texts: training texts.
@@ -229,9 +232,12 @@ def train_wordpiece(texts: Iterable[str], out_dir: str | Path, vocab_size: int,
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ConfigError(f"`vocab_size` must be > {len(SPECIAL_TOKENS)}. Received: {vocab_size}")
     tokenizer = _bert_tokenizer(None, lowercase, None, True)
+    texts = list(texts)  # read twice: the CJK characters, then the trainer
+    budget = vocab_size - len(SPECIAL_TOKENS)
+    cjk = min(len({c for text in texts for c in text if is_cjk(c)}), budget)
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-        limit_alphabet=(vocab_size - len(SPECIAL_TOKENS)) // 2, continuing_subword_prefix="##")
+        limit_alphabet=cjk + (budget - cjk) // 2, continuing_subword_prefix="##")
     tokenizer.train_from_iterator(texts, trainer)
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
     if len(vocab) == len(SPECIAL_TOKENS):
