@@ -5,7 +5,8 @@
     albert-evaluate run=<run_dir> input=other.csv data.text_column=review split=other
 
 Reads the file with the readers and column settings of training (each `data.*` key
-overridable), uses the run's label names, and writes `eval_<split>.json` in the run folder
+overridable), uses the run's label names (a multi-label run: its label separator and stored
+thresholds), and writes `eval_<split>.json` in the run folder
 (training's `metrics.json` is never touched).
 """
 
@@ -31,6 +32,7 @@ from app.tasks.inference import (
     load_model,
     read_chunks,
 )
+from app.tasks.tagging_inference import evaluate_tagged
 from app.training.metrics import evaluate_predictions
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | 
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"`split` names the output eval_<split>.json and must be letters, "
                           f"digits, - or _. Received: {name!r}")
+    if run.task.kind == "token_classification":
+        return evaluate_tagged(run, path, name, checkpoint, batch_size, progress, overrides)
     settings = data_settings(run, overrides, path)
     chunks = read_chunks(path, settings, with_labels=True, chunk_rows=chunk_rows)
     task = run.task
@@ -104,6 +108,8 @@ def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | 
         "metrics": {"loss": loss, **evaluate_predictions(task, targets, outputs)},
         "seconds": time.perf_counter() - started,
     }
+    if task.kind == "multilabel":  # the run's stored thresholds (thresholds.json)
+        record["thresholds"] = dict(zip(task.label_names, task.thresholds, strict=True))
     out = run.layout.evaluation(name)
     write_json(out, record)
     log.info("Wrote %s", out)

@@ -5,10 +5,12 @@
 
 Reads the input with the readers and text columns of training (`data.*` overridable; no label
 column needed) and writes, per input row, the texts, the predicted label and one probability
-per label (`prob_<label>`), or the `score` of a regression run. The output format follows its
-suffix: .tsv, .csv or .jsonl (TSV output is quoted TSV, which the readers read back exactly:
-see `app.data.writers`). The input is streamed, predicted and written chunk by chunk, texts of
-similar length batched together; the output appears only once complete.
+per label (`prob_<label>`), or the `score` of a regression run. A multi-label run writes
+`labels` (every label whose sigmoid probability reaches the run's threshold, thresholds.json,
+joined by its `data.label_separator`; JSONL: a list) and `prob_<label>` per label. The output
+format follows its suffix: .tsv, .csv or .jsonl (TSV output is quoted TSV, which the readers
+read back exactly: see `app.data.writers`). The input is streamed, predicted and written chunk
+by chunk, texts of similar length batched together; the output appears only once complete.
 """
 
 import logging
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from app.data.readers import CHUNK_ROWS, Table
+from app.data.task import TaskSpec
 from app.data.writers import atomic_table
 from app.errors import ConfigError
 from app.runs.read import open_run
@@ -30,26 +33,40 @@ from app.tasks.inference import (
     features,
     load_model,
     read_chunks,
+    sigmoid,
     softmax,
 )
+from app.tasks.tagging_inference import predict_tagged
+from app.training.metrics import multilabel_predictions
 
 log = logging.getLogger(__name__)
 
 
 def prediction_rows(table: Table, names: list[str], outputs: np.ndarray, labels: list[str],
-                    fmt: str) -> list[dict]:
+                    fmt: str, task: TaskSpec | None = None) -> list[dict]:
     """One output row per input row: the texts, then `label` and `prob_<label>` columns
-    (JSONL: a `probabilities` object), or the `score` of a regression run."""
+    (JSONL: a `probabilities` object), or the `score` of a regression run. A multi-label
+    `task` gives `labels` (the labels at or above their thresholds, joined by its separator;
+    JSONL: a list) and one sigmoid probability per label."""
     texts = [table.columns[name] for name in names]
     if not labels:
         return [{**{n: t[i] for n, t in zip(names, texts, strict=True)}, "score": float(v)}
                 for i, v in enumerate(outputs.reshape(-1).tolist())]
-    probabilities = softmax(outputs)
-    predicted = probabilities.argmax(axis=-1).tolist()
+    multilabel = task is not None and task.kind == "multilabel"
+    if multilabel:
+        probabilities = sigmoid(outputs)
+        chosen = multilabel_predictions(outputs, task.thresholds).tolist()
+    else:
+        probabilities = softmax(outputs)
+        predicted = probabilities.argmax(axis=-1).tolist()
     rows = []
     for i, scores in enumerate(probabilities.tolist()):
         row = {n: t[i] for n, t in zip(names, texts, strict=True)}
-        row["label"] = labels[predicted[i]]
+        if multilabel:
+            on = [label for label, yes in zip(labels, chosen[i], strict=True) if yes]
+            row["labels"] = on if fmt == "jsonl" else task.label_separator.join(on)
+        else:
+            row["label"] = labels[predicted[i]]
         if fmt == "jsonl":
             row["probabilities"] = dict(zip(labels, scores, strict=True))
         else:
@@ -86,10 +103,14 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
 
     Returns:
         The output path. Classification rows hold `label` and `probabilities` (`prob_<label>`
-        columns in TSV/CSV); regression rows hold `score`.
+        columns in TSV/CSV), multi-label rows `labels` and `probabilities`; regression rows
+        hold `score`.
     """
     run = open_run(run_dir)
     output = Path(output)
+    if run.task.kind == "token_classification":
+        return predict_tagged(run, Path(input_path), output, output_format, checkpoint,
+                              batch_size, progress)
     fmt = output_format or SUFFIX_FORMATS.get(output.suffix.lower())
     if fmt not in ("tsv", "csv", "jsonl"):
         raise ConfigError(f"cannot tell the output format from '{output}'. Received: "
@@ -99,15 +120,17 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
     chunks = read_chunks(input_path, settings, with_labels=False, chunk_rows=chunk_rows)
     names = [settings.text_column] + ([settings.text_pair_column]
                                       if settings.text_pair_column else [])
-    labels = list(run.task.label_names)
-    result = ["label", *(f"prob_{label}" for label in labels)] if labels else ["score"]
+    task = run.task
+    labels = list(task.label_names)
+    first = "labels" if task.kind == "multilabel" else "label"
+    result = [first, *(f"prob_{label}" for label in labels)] if labels else ["score"]
     predictor = Predictor(load_model(run, checkpoint), batch_size, bucketing)
 
     bar = Progress(input_path, settings.format, progress)
     with atomic_table(output, fmt, names + result) as writer:
         for table in chunks:
             outputs = predictor(features(table, settings))
-            writer.write_rows(prediction_rows(table, names, outputs, labels, fmt))
+            writer.write_rows(prediction_rows(table, names, outputs, labels, fmt, task))
             bar.update(len(table))
     bar.close()
     log.info("Wrote %d predictions to %s", writer.rows, output)

@@ -55,7 +55,8 @@ def length_bucketed(
     programs). Padding is masked, so cutting it changes no output; it saves its compute.
 
     Args:
-        shuffled: fixed-length (features, target) examples with a `padding_mask` feature.
+        shuffled: fixed-length (features, target) examples with a `padding_mask` feature; a
+            target with one value per position is cut with the features.
         batch_size: the global batch size.
         boundaries: ascending bucket lengths; the full sequence length is the last bucket.
         seed: the epoch's shuffle seed.
@@ -70,6 +71,8 @@ def length_bucketed(
         longest = tf.reduce_max(tf.reduce_sum(features["padding_mask"], axis=1))
         buckets = tf.concat([tf.constant(boundaries, tf.int32), [full]], axis=0)
         length = tf.reduce_min(tf.boolean_mask(buckets, buckets >= longest))
+        if targets.shape.rank == 2:  # one target per position (token classification)
+            targets = targets[:, :length]
         return {name: value[:, :length] for name, value in features.items()}, targets
 
     return (

@@ -144,13 +144,24 @@ def _jsonl_rows(path: Path, stream, names: list[str]) -> Iterator[tuple[int, dic
         missing = [name for name in names if row.get(name) is None]
         if missing:
             raise DataError(f"{path}:{line}: missing field {missing[0]!r}; found {sorted(row)}")
-        values = {name: str(row[name]) for name in names}
+        values = {name: _json_value(path, line, name, row[name]) for name in names}
         if _SURROGATE_ESCAPE.search(raw):  # an escaped surrogate: fine in pairs, not alone
             for name, value in values.items():
-                if _SURROGATE.search(value):
+                if any(_SURROGATE.search(item) for item in
+                       (value if isinstance(value, list) else [value])):
                     raise DataError(f"{path}:{line}: field {name!r} holds a lone surrogate "
                                     f"escape (\\ud800-\\udfff); expected valid Unicode text")
         yield line, values
+
+
+def _json_value(path: Path, line: int, name: str, value) -> str | list[str]:
+    """A JSONL field as text, or a list of strings as it is (a multi-label row's labels)."""
+    if not isinstance(value, list):
+        return str(value)
+    if not all(isinstance(item, str) for item in value):
+        raise DataError(f"{path}:{line}: field {name!r} holds a list with items that are not "
+                        f"strings; expected text or a list of strings")
+    return value
 
 
 def iter_tables(path: str | Path, fmt: str, names: list[str],
@@ -165,7 +176,8 @@ def iter_tables(path: str | Path, fmt: str, names: list[str],
         path: the file to read.
         fmt: "tsv" (GLUE or quoted TSV, see the module's docstring), "csv" (RFC 4180) or
             "jsonl".
-        names: the columns to return; each must exist, non-blank, in every row.
+        names: the columns to return; each must exist, non-blank, in every row (JSONL: a
+            value may be a list of strings, kept as a list).
         chunk_rows: rows per yielded Table.
 
     Example:
@@ -183,7 +195,8 @@ def iter_tables(path: str | Path, fmt: str, names: list[str],
         try:
             for line, row in rows:
                 for name in names:
-                    if row[name].strip() == "":
+                    value = row[name]
+                    if not value or isinstance(value, str) and value.strip() == "":
                         raise DataError(f"{path}:{line}: empty value in column {name!r}")
                     columns[name].append(row[name])
                 lines.append(line)

@@ -1,9 +1,11 @@
 """Synthetic labelled data written by this project: review-like sentences with known labels.
 
-Used for the default experiment (shipped in `app/resources/sample`) and by the tests, which need
-single-sentence, sentence-pair and regression data without any download.
+Used for the default experiment (shipped in `app/resources/sample`), the multi-label recipe
+(`app/resources/topics`, `experiment=topics`) and by the tests, which need single-sentence,
+sentence-pair, multi-label and regression data without any download.
 
     python -m app.data.synthetic app/resources/sample          # regenerate the shipped sample
+    python -m app.data.synthetic app/resources/topics topics   # regenerate the multi-label topics
 """
 
 import csv
@@ -71,6 +73,42 @@ def regression_rows(n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
+# Multi-label topics: each topic's words; a text mentions one to three topics, one clause each.
+TOPICS = {
+    "sports": ("match", "coach", "league", "goal", "stadium", "team", "season", "referee"),
+    "politics": ("election", "senate", "minister", "vote", "policy", "campaign", "parliament",
+                 "treaty"),
+    "science": ("experiment", "telescope", "laboratory", "physics", "genome", "theory",
+                "molecule", "research"),
+    "food": ("recipe", "bakery", "soup", "restaurant", "chef", "dessert", "spice", "menu"),
+    "travel": ("flight", "hotel", "passport", "island", "museum", "train ride", "beach",
+               "luggage"),
+    "music": ("concert", "guitar", "album", "orchestra", "singer", "melody", "festival",
+              "drummer"),
+}
+# Verbs and the words around them are shared by every topic: only the nouns tell the topics.
+TOPIC_VERBS = ("was discussed", "made the news", "surprised everyone", "was mentioned",
+               "came up again", "drew a crowd", "was in the headlines", "kept people talking")
+TOPIC_OPENERS = ("", "", "yesterday ", "this week ", "apparently ", "once again ", "today ")
+TOPIC_FILLERS = ("", "", " , or so we heard", " , as expected", " , sadly", " , for a change")
+
+
+def topic_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    """(text, labels): texts about one to three topics (1: 50%, 2: 35%, 3: 15%), labels the
+    topics joined by "," in the order they are mentioned (every text has at least one)."""
+    rng = random.Random(seed)
+    names = sorted(TOPICS)
+    rows = []
+    for _ in range(n):
+        count = rng.choices((1, 2, 3), weights=(50, 35, 15))[0]
+        chosen = rng.sample(names, count)
+        clauses = [f"{rng.choice(TOPIC_OPENERS)}the {rng.choice(TOPICS[topic])} "
+                   f"{rng.choice(TOPIC_VERBS)}" for topic in chosen]
+        text = " and ".join(clauses) + rng.choice(TOPIC_FILLERS) + " ."
+        rows.append((text, ",".join(chosen)))
+    return rows
+
+
 def write_tsv(path: Path, header: tuple[str, ...], rows) -> Path:
     """Write a GLUE-style TSV (header row, tab-separated, no quoting)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,5 +125,13 @@ def write_sample(out_dir: Path, train_size: int = 4000, eval_size: int = 500) ->
     write_tsv(out_dir / "dev.tsv", ("sentence", "label"), sentiment_rows(eval_size, seed=2))
 
 
+def write_topics(out_dir: Path, train_size: int = 2400, eval_size: int = 400) -> None:
+    """The shipped multi-label sample: train.tsv and dev.tsv with columns text, labels."""
+    write_tsv(out_dir / "train.tsv", ("text", "labels"), topic_rows(train_size, seed=11))
+    write_tsv(out_dir / "dev.tsv", ("text", "labels"), topic_rows(eval_size, seed=12))
+
+
 if __name__ == "__main__":
-    write_sample(Path(sys.argv[1]))
+    # python -m app.data.synthetic <out_dir> [sample|topics]
+    kind = sys.argv[2] if len(sys.argv) > 2 else "sample"
+    {"sample": write_sample, "topics": write_topics}[kind](Path(sys.argv[1]))

@@ -12,18 +12,25 @@ from app.errors import DataError
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A classification task (with its label names) or a regression task.
+    """A classification task (with its label names), a multi-label task or a regression task.
 
     `positive_label` is the class binary F1 is computed for (None: the second label).
+    Multi-label (`kind="multilabel"`): a text has any non-empty subset of `label_names`; a
+    TSV/CSV label value is split on `label_separator`, a JSONL one may be a list of strings;
+    label k is predicted where sigmoid(logit k) >= `thresholds[k]` (`tune_thresholds`: tuned per
+    label on the split being evaluated, see app.training.metrics.multilabel_thresholds).
     """
 
     kind: str
     label_names: tuple[str, ...] = ()
     positive_label: str | None = None
+    label_separator: str = ","
+    thresholds: tuple[float, ...] = ()
+    tune_thresholds: bool = False
 
     @property
     def num_outputs(self) -> int:
-        return len(self.label_names) if self.kind == "classification" else 1
+        return len(self.label_names) if self.kind in ("classification", "multilabel") else 1
 
     @property
     def positive_index(self) -> int:
@@ -31,8 +38,12 @@ class TaskSpec:
         return 1 if self.positive_label is None else self.label_names.index(self.positive_label)
 
     def targets(self, table: Table, column: str) -> np.ndarray:
-        """Encode a label column: class ids, or float scores for regression."""
+        """Encode a label column: class ids, float scores for regression, or multi-hot float32
+        rows [examples, labels] for multi-label."""
         values = table.columns[column]
+        if self.kind == "multilabel":
+            return self._multi_hot(label_sets(table, column, self.label_separator), table,
+                                   column)
         if self.kind == "regression":
             return np.array([_to_float(v, table, i, column) for i, v in enumerate(values)],
                             dtype="float32")
@@ -44,6 +55,39 @@ class TaskSpec:
                     f"occurs in the training split; expected one of {list(self.label_names)}"
                 )
         return np.array([index[v] for v in values], dtype="int32")
+
+    def _multi_hot(self, sets: list[list[str]], table: Table, column: str) -> np.ndarray:
+        index = {name: i for i, name in enumerate(self.label_names)}
+        targets = np.zeros((len(sets), len(self.label_names)), dtype="float32")
+        for i, labels in enumerate(sets):
+            for label in labels:
+                if label not in index:
+                    raise DataError(
+                        f"{table.path}:{table.lines[i]}: label {label!r} in column {column!r} "
+                        f"never occurs in the training split; expected labels among "
+                        f"{list(self.label_names)}")
+                targets[i, index[label]] = 1.0
+        return targets
+
+
+def label_sets(table: Table, column: str, separator: str) -> list[list[str]]:
+    """The labels of each row of a multi-label column, spaces around each label stripped.
+
+    TSV/CSV: the value split on `separator` ("sports, politics"); JSONL: a list of strings
+    (["sports", "politics"]) or a string split the same way. An empty label ("a,,b", [""]) is a
+    DataError naming file and line; a label repeated in one row counts once.
+    """
+    sets = []
+    for i, value in enumerate(table.columns[column]):
+        items = value if isinstance(value, list) else value.split(separator)
+        labels = [item.strip() for item in items]
+        if "" in labels:
+            raise DataError(
+                f"{table.path}:{table.lines[i]}: an empty label in column {column!r} (received "
+                f"{value!r}); a multi-label row needs one or more non-empty labels, separated by "
+                f"{separator!r} (data.label_separator) or as a JSON list of strings")
+        sets.append(list(dict.fromkeys(labels)))
+    return sets
 
 
 def _to_float(value: str, table: Table, i: int, column: str) -> float:
@@ -105,6 +149,19 @@ def _to_split(table: Table, data: DictConfig, task: TaskSpec) -> Split:
     return Split(texts=texts, targets=task.targets(table, data.label_column))
 
 
+def multilabel_task(data: DictConfig, table: Table) -> TaskSpec:
+    """The multi-label task of a training table: its sorted distinct labels (two or more),
+    `data.threshold` for each, `data.tune_thresholds`."""
+    sets = label_sets(table, data.label_column, data.label_separator)
+    labels = label_vocabulary([label for labels in sets for label in labels])
+    if len(labels) < 2:
+        raise DataError(f"{table.path}: column {data.label_column!r} has a single label "
+                        f"{labels[0]!r}; multi-label classification needs at least two")
+    return TaskSpec(kind="multilabel", label_names=labels, label_separator=data.label_separator,
+                    thresholds=(float(data.threshold),) * len(labels),
+                    tune_thresholds=bool(data.tune_thresholds))
+
+
 def load_task_data(data: DictConfig) -> tuple[TaskSpec, Split, Split]:
     """Read the train and eval splits named by `data` and derive the task from train.
 
@@ -116,6 +173,9 @@ def load_task_data(data: DictConfig) -> tuple[TaskSpec, Split, Split]:
     """
     train_table = _read_split(data, data.train_file, data.max_train_examples)
     eval_table = _read_split(data, data.eval_file, data.max_eval_examples)
+    if data.task == "multilabel":
+        task = multilabel_task(data, train_table)
+        return task, _to_split(train_table, data, task), _to_split(eval_table, data, task)
     labels = ()
     if data.task == "classification":
         labels = label_vocabulary(train_table.columns[data.label_column])

@@ -9,6 +9,8 @@ tabs, line breaks, carriage returns, backslashes, any Unicode):
 - CSV follows RFC 4180 (quotes as above, with commas), lines end with \\n.
 - JSONL: one JSON object per line, non-ASCII as is (U+2028 too: the readers split lines at \\n
   and \\r only).
+- CoNLL (token classification output): a row is a sentence (`tokens`, `tags`), written as one
+  `token<TAB>tag` line per token and a blank line after the sentence.
 
 `atomic_table` writes to a temporary file in the target's folder and renames it over the
 target only once every row is written: on any error the temporary file is removed and an
@@ -26,7 +28,7 @@ from typing import Any
 
 from app.errors import DataError
 
-FORMATS = ("tsv", "csv", "jsonl")
+FORMATS = ("tsv", "csv", "jsonl", "conll")
 _NEEDS_QUOTES = {"tsv": ("\t", "\n", "\r", '"'), "csv": (",", "\n", "\r", '"')}
 
 
@@ -49,7 +51,7 @@ class TableWriter:
             raise ValueError(f"fmt must be one of {FORMATS}. Received: {fmt!r}")
         self.stream, self.fmt, self.columns, self.name = stream, fmt, list(columns), name
         self.rows = 0
-        if fmt != "jsonl":
+        if fmt in ("tsv", "csv"):
             self.delimiter = "\t" if fmt == "tsv" else ","
             self.specials = _NEEDS_QUOTES[fmt]
             self.limit = csv.field_size_limit()
@@ -71,9 +73,13 @@ class TableWriter:
         return value
 
     def write_rows(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Write rows: mappings over `columns` (TSV/CSV), any JSON-able mappings (JSONL)."""
+        """Write rows: mappings over `columns` (TSV/CSV), any JSON-able mappings (JSONL), or
+        sentences with `tokens` and `tags` (CoNLL)."""
         if self.fmt == "jsonl":
             lines = [json.dumps(row, ensure_ascii=False) for row in rows]
+        elif self.fmt == "conll":  # a row is a sentence: one `token<TAB>tag` line per token
+            lines = ["".join(f"{token}\t{tag}\n" for token, tag in
+                             zip(row["tokens"], row["tags"], strict=True)) for row in rows]
         else:
             field, columns, delimiter = self._field, self.columns, self.delimiter
             lines = [delimiter.join([field(row[c]) for c in columns]) for row in rows]

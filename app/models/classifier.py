@@ -1,4 +1,5 @@
-"""The fine-tuning model: keras-hub's AlbertTextClassifier, or its regression form."""
+"""The fine-tuning model: keras-hub's AlbertTextClassifier (one logit per class, or per label of
+a multi-label task), or its regression form."""
 
 import keras
 import keras_hub
@@ -30,9 +31,12 @@ def build_task_model(
 
 
 def task_loss(task: TaskSpec) -> keras.losses.Loss:
-    """Cross-entropy on logits for classification, mean squared error for regression."""
+    """Cross-entropy on logits for classification, binary cross-entropy per label on logits
+    for multi-label, mean squared error for regression."""
     if task.kind == "regression":
         return keras.losses.MeanSquaredError()
+    if task.kind == "multilabel":
+        return keras.losses.BinaryCrossentropy(from_logits=True)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
@@ -40,4 +44,7 @@ def task_train_metrics(task: TaskSpec) -> list[keras.metrics.Metric]:
     """Running metrics shown during training (the full evaluation runs per epoch)."""
     if task.kind == "regression":
         return []
+    if task.kind == "multilabel":
+        # The share of (example, label) decisions right at probability 0.5 (logit 0).
+        return [keras.metrics.BinaryAccuracy(name="label_accuracy", threshold=0.0)]
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

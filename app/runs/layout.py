@@ -4,11 +4,13 @@
         .hydra/config.yaml, overrides.yaml   the config as composed and the command-line overrides
         config.yaml                          the config resolved, paths absolute or in the folder
         status.json env.json labels.json history.json metrics.json eval_<split>.json
+        thresholds.json                      a multi-label run's threshold per label
         tokenizer/spm.model                  the SentencePiece model the run used
         tokenizer/normalization.json         its text normalization, where it has one
         checkpoints/best.weights.h5 last.weights.h5 state/step-<N>/
         tensorboard/
         export/preset/ model.keras saved_model/ sample_predictions.json
+        export/preset/labels.json thresholds.json   beside the preset (thresholds: multi-label)
         export/hf/                           the transformers format (config.json, safetensors)
 
 Example:
@@ -25,6 +27,7 @@ OVERRIDES_FILE = "overrides.yaml"
 STATUS_FILE = "status.json"
 ENV_FILE = "env.json"
 LABELS_FILE = "labels.json"
+THRESHOLDS_FILE = "thresholds.json"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 TOKENIZER_DIR = "tokenizer"
@@ -58,6 +61,8 @@ class RunLayout:
     overrides = property(lambda self: self.root / HYDRA_DIR / OVERRIDES_FILE)
     status = property(lambda self: self.root / STATUS_FILE)
     labels = property(lambda self: self.root / LABELS_FILE)
+    # A multi-label run's {label: threshold} (data.threshold, or tuned: data.tune_thresholds).
+    thresholds = property(lambda self: self.root / THRESHOLDS_FILE)
     history = property(lambda self: self.root / HISTORY_FILE)
     metrics = property(lambda self: self.root / METRICS_FILE)
     tokenizer_dir = property(lambda self: self.root / TOKENIZER_DIR)

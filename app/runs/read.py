@@ -1,7 +1,8 @@
 """Finished run folders: find them and read what they recorded.
 
 A run folder is what `python -m app` writes (see app.runs.record): `status.json`, `.hydra/`,
-`metrics.json`, `labels.json`, `tokenizer/`, `checkpoints/` and `export/`.
+`metrics.json`, `labels.json` (and a multi-label run's `thresholds.json`), `tokenizer/`,
+`checkpoints/` and `export/`.
 
 Reading a run needs no TensorFlow (app.tasks.inference loads its model).
 
@@ -40,6 +41,7 @@ class Run:
     overrides: list[str] = field(default_factory=list)
     metrics: dict | None = None
     label_names: list[str] = field(default_factory=list)
+    thresholds: dict[str, float] | None = None  # a multi-label run's thresholds.json
 
     @property
     def layout(self) -> RunLayout:
@@ -61,8 +63,25 @@ class Run:
             kind = self.config.data.task
         else:
             kind = "classification" if self.label_names else "regression"
+        if kind == "multilabel":
+            return self._multilabel_task()
         return TaskSpec(kind=kind, label_names=tuple(self.label_names),
                         positive_label=(self.metrics or {}).get("positive_label"))
+
+    def _multilabel_task(self) -> TaskSpec:
+        """A multi-label run's task: its label separator, and the thresholds it stored
+        (`data.threshold` for every label where it has none); never tuned again."""
+        data = self.config.data
+        stored = self.thresholds or {}
+        missing = [name for name in self.label_names if name not in stored]
+        if stored and missing:
+            raise ConfigError(f"{self.layout.thresholds} has no threshold for label "
+                              f"{missing[0]!r}; expected one per label of labels.json")
+        default = float(OmegaConf.select(data, "threshold", default=0.5))
+        return TaskSpec(kind="multilabel", label_names=tuple(self.label_names),
+                        label_separator=OmegaConf.select(data, "label_separator", default=","),
+                        thresholds=tuple(float(stored.get(name, default))
+                                         for name in self.label_names))
 
 
 def is_alive(status: dict, now: datetime | None = None) -> bool:
@@ -121,6 +140,7 @@ def read_run(path: str | Path) -> Run:
         overrides=[str(o) for o in overrides],
         metrics=_read_json(layout.metrics),
         label_names=_read_json(layout.labels) or [],
+        thresholds=_read_json(layout.thresholds),
     )
 
 

@@ -7,6 +7,9 @@ is needed to register the SentencePiece ops.
     import tensorflow as tf, tensorflow_text  # noqa: F401
     serve = tf.saved_model.load("<run>/export/saved_model").signatures["serving_default"]
     serve(text=tf.constant(["the plot was superb ."]))["probabilities"]
+
+A multi-label run's signature gives sigmoid `probabilities` and a `labels` mask (1 per label
+whose probability reaches the run's threshold, thresholds.json) instead.
 """
 
 import logging
@@ -18,18 +21,20 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 TEXT_INPUTS = ("text", "text_pair")
-
-
-def serving_signature(model: keras.Model, label_names, num_inputs: int):
+def serving_signature(model: keras.Model, label_names, num_inputs: int,
+                      thresholds: tuple[float, ...] | None = None):
     """A tf.function from one or two string batches to outputs.
 
     Classification returns `probabilities` (softmax of the logits, one column per label),
-    `label` (the predicted label name) and `label_id`; regression returns `score`.
+    `label` (the predicted label name) and `label_id`; a multi-label model (`thresholds`)
+    returns `probabilities` (sigmoid of each logit) and `labels`, an int32 mask [batch, labels]
+    (1 where the probability reaches the label's threshold); regression returns `score`.
 
     Args:
         model: a keras-hub text classifier with its preprocessor attached.
         label_names: the class names (index = class id); empty for regression.
         num_inputs: 1 for single sentences, 2 for sentence pairs.
+        thresholds: a multi-label model's probability threshold per label (None: single-label).
     """
     specs = [tf.TensorSpec([None], tf.string, name=name) for name in TEXT_INPUTS[:num_inputs]]
     names = tf.constant(list(label_names) or [""], dtype=tf.string)
@@ -40,6 +45,10 @@ def serving_signature(model: keras.Model, label_names, num_inputs: int):
         outputs = model(features, training=False)
         if not label_names:
             return {"score": tf.reshape(outputs, [-1])}
+        if thresholds is not None:
+            probabilities = tf.sigmoid(tf.cast(outputs, tf.float32))
+            mask = probabilities >= tf.constant(thresholds, tf.float32)
+            return {"probabilities": probabilities, "labels": tf.cast(mask, tf.int32)}
         label_ids = tf.argmax(outputs, axis=-1, output_type=tf.int32)
         return {"probabilities": tf.nn.softmax(outputs, axis=-1),
                 "label_id": label_ids,
@@ -48,7 +57,8 @@ def serving_signature(model: keras.Model, label_names, num_inputs: int):
     return serve, specs
 
 
-def export_saved_model(model: keras.Model, path: Path, label_names, num_inputs: int) -> Path:
+def export_saved_model(model: keras.Model, path: Path, label_names, num_inputs: int,
+                       thresholds: tuple[float, ...] | None = None) -> Path:
     """Write a SavedModel at `path` with a `serving_default` signature on raw strings.
 
     Keras' ExportArchive tracks the model's variables and the tokenizer's SentencePiece
@@ -59,8 +69,9 @@ def export_saved_model(model: keras.Model, path: Path, label_names, num_inputs: 
         path: the SavedModel folder (a run's `export/saved_model`).
         label_names: the class names, empty for regression.
         num_inputs: 1 for single sentences, 2 for sentence pairs.
+        thresholds: a multi-label model's probability threshold per label.
     """
-    serve, specs = serving_signature(model, label_names, num_inputs)
+    serve, specs = serving_signature(model, label_names, num_inputs, thresholds)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=specs)

@@ -1,6 +1,7 @@
 """A run's model in the transformers format: `export/hf/`, loadable with `from_pretrained`.
 
-A text classifier becomes `AlbertForSequenceClassification` (labels from labels.json; one output
+A token classifier becomes `AlbertForTokenClassification` (tags from labels.json), a text
+classifier `AlbertForSequenceClassification` (labels from labels.json; one output
 is a regression), the pretraining model `AlbertForPreTraining` (masked-LM and sentence-order
 heads); its tokenizer a SentencePiece `spiece.model` (AlbertTokenizer) or a WordPiece
 `vocab.txt` (BertTokenizer). Written with numpy and safetensors alone: exporting needs no torch.
@@ -17,7 +18,7 @@ from app.runtime import transformers_format as fmt
 
 
 def export_transformers(model, tokenizer, out_dir: Path, sequence_length: int,
-                        label_names: list[str] | None = None) -> Path:
+                        label_names: list[str] | None = None, multilabel: bool = False) -> Path:
     """Write config.json, model.safetensors, spiece.model or vocab.txt, tokenizer_config.json.
 
     Args:
@@ -26,13 +27,18 @@ def export_transformers(model, tokenizer, out_dir: Path, sequence_length: int,
         out_dir: the folder to write, e.g. a run's `export/hf`.
         sequence_length: the longest input the run was trained on (`model_max_length`).
         label_names: a classifier's label names, in output order.
+        multilabel: a multi-label classifier (`problem_type: multi_label_classification`).
     """
     heads = fmt.head_weights(model)
-    if "classifier" in heads:
-        config = _classifier_config(model, tokenizer, label_names)
+    backbone = fmt.backbone_weights(model.backbone)
+    if "classifier" in heads and len(model.output.shape) == 3:  # a tag per position
+        config = _token_classifier_config(model, tokenizer, label_names)
+        backbone = [w for w in backbone if not fmt.is_pooler(w.key)]  # it has none
+    elif "classifier" in heads:
+        config = _classifier_config(model, tokenizer, label_names, multilabel)
     else:
         config = fmt.transformers_config(model.backbone, tokenizer, "AlbertForPreTraining")
-    weights = fmt.backbone_weights(model.backbone) + [w for h in heads.values() for w in h]
+    weights = backbone + [w for h in heads.values() for w in h]
     out_dir.mkdir(parents=True, exist_ok=True)
     fmt.write_weights(weights, out_dir / fmt.WEIGHTS_FILE)
     write_tokenizer(tokenizer, out_dir, sequence_length)
@@ -54,16 +60,28 @@ def write_tokenizer(tokenizer, out_dir: Path, sequence_length: int) -> None:
     write_json(out_dir / fmt.TOKENIZER_CONFIG_FILE, settings)
 
 
-def _classifier_config(model, tokenizer, label_names: list[str] | None) -> dict:
-    """config.json of `AlbertForSequenceClassification`: labels, or a one-output regression."""
+def _classifier_config(model, tokenizer, label_names: list[str] | None,
+                       multilabel: bool) -> dict:
+    """config.json of `AlbertForSequenceClassification`: labels (single- or multi-label), or
+    a one-output regression."""
     num_outputs = model.output_dense.units
     extra = {"classifier_dropout_prob": model.dropout}
     if num_outputs == 1:
         extra |= {"problem_type": "regression", "num_labels": 1}
     else:
         names = list(label_names) if label_names else [f"LABEL_{i}" for i in range(num_outputs)]
-        extra |= {"problem_type": "single_label_classification",
+        extra |= {"problem_type": ("multi_label_classification" if multilabel
+                                   else "single_label_classification"),
                   "id2label": dict(enumerate(names)),
                   "label2id": {name: i for i, name in enumerate(names)}}
     return fmt.transformers_config(model.backbone, tokenizer, "AlbertForSequenceClassification",
                                    **extra)
+
+
+def _token_classifier_config(model, tokenizer, label_names: list[str]) -> dict:
+    """config.json of `AlbertForTokenClassification`: the tags as id2label."""
+    names = list(label_names)
+    return fmt.transformers_config(model.backbone, tokenizer, "AlbertForTokenClassification",
+                                   classifier_dropout_prob=model.dropout,
+                                   id2label=dict(enumerate(names)),
+                                   label2id={name: i for i, name in enumerate(names)})

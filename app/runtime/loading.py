@@ -209,9 +209,14 @@ def load_backbone(preset: str, key: str = "model.preset") -> keras_hub.models.Al
     config = transformers_format.read_config(preset, key)
     arrays = transformers_format.read_weights(preset, key)
     backbone = new_backbone(**transformers_format.backbone_args(config))
-    transformers_format.assign(
-        transformers_format.backbone_weights(backbone, transformers_format.backbone_prefix(arrays)),
-        arrays, preset)
+    weights = transformers_format.backbone_weights(backbone,
+                                                   transformers_format.backbone_prefix(arrays))
+    pooler = [w for w in weights if transformers_format.is_pooler(w.key)]
+    if not any(w.key in arrays for w in pooler):
+        log.info("'%s' has no pooler weights (a token classifier's checkpoint): a text "
+                 "classifier built on it starts its pooler fresh", preset)
+        weights = [w for w in weights if not transformers_format.is_pooler(w.key)]
+    transformers_format.assign(weights, arrays, preset)
     return backbone
 
 
@@ -233,6 +238,18 @@ def load_heads(model: keras.Model, preset: str, key: str = "model.preset") -> li
             transformers_format.assign(weights, arrays, preset)
             loaded.append(head)
     return loaded
+
+
+def checkpoint_labels(preset: str | None, key: str = "model.preset") -> tuple[str, ...] | None:
+    """The label names of a transformers task checkpoint (`id2label`, in id order), or None
+    (no preset, a keras-hub preset, or a config without them)."""
+    if preset is None:
+        return None
+    folder = local_preset(preset, key)
+    if not _is_transformers_folder(folder, key):
+        return None
+    id2label = transformers_format.read_config(folder, key).get("id2label") or {}
+    return tuple(id2label[str(i)] for i in range(len(id2label))) or None
 
 
 def load_preset_tokenizer(preset: str, key: str = "model.preset", tokenizer: str | None = None):

@@ -263,6 +263,12 @@ def assign(weights: list[Weight], arrays: dict[str, np.ndarray], source: str) ->
             raise DataError(f"'{source}' does not fit this model: {error}") from error
 
 
+def is_pooler(key: str) -> bool:
+    """Whether a transformers tensor name is the pooler's (`albert.pooler.weight`, ...): token
+    classifiers and masked LMs have none."""
+    return key.split(".")[-2:-1] == ["pooler"]
+
+
 def backbone_prefix(arrays: dict[str, np.ndarray]) -> str:
     """`albert.` for a task model's checkpoint, `` for a bare `AlbertModel`'s."""
     return BACKBONE_PREFIX if any(k.startswith(BACKBONE_PREFIX) for k in arrays) else ""

@@ -18,8 +18,10 @@ from typing import Protocol
 import keras
 import keras_hub
 import tensorflow as tf
+from omegaconf import DictConfig
 
 from app.runs.layout import RunLayout
+from app.training.optim import build_optimizer
 
 
 @dataclass
@@ -59,3 +61,17 @@ class Task(Protocol):
 
     def export(self, model: keras.Model, layout: RunLayout) -> Path: ...
 
+
+
+def compile_for_training(model: keras.Model, cfg: DictConfig, steps_per_epoch: int,
+                         **compile_args) -> keras.Model:
+    """Compile a task model with the run's optimizer and schedule (over every epoch's steps),
+    XLA and steps-per-execution settings; `compile_args` are its loss and metrics."""
+    model.compile(
+        optimizer=build_optimizer(cfg.optimizer, steps_per_epoch * cfg.trainer.epochs,
+                                  cfg.trainer.gradient_accumulation_steps),
+        jit_compile=cfg.trainer.jit_compile,
+        steps_per_execution=cfg.trainer.steps_per_execution,
+        **compile_args,
+    )
+    return model

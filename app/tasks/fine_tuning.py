@@ -1,4 +1,5 @@
-"""Fine-tuning (classification, sentence pairs, regression): the flow's steps for labelled data."""
+"""Fine-tuning (classification, sentence pairs, multi-label, regression): the flow's steps for
+labelled data."""
 
 import logging
 import math
@@ -17,10 +18,10 @@ from app.models.classifier import build_task_model, task_loss, task_train_metric
 from app.runs.export import export_run
 from app.runs.layout import RunLayout
 from app.runs.record import write_json
-from app.tasks.base import TrainingData
+from app.tasks.base import TrainingData, compile_for_training
 from app.tasks.tokenizer import build_tokenizer
 from app.training.collapse import CollapseCheckedEvaluation, causes
-from app.training.optim import build_optimizer
+from app.training.metrics import multilabel_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class FineTuning:
     """Labelled splits -> tokenizer -> length-bucketed batches -> AlbertTextClassifier.
 
     Args:
-        cfg: the composed run config (`data.task` classification or regression).
+        cfg: the composed run config (`data.task` classification, multilabel or regression).
     """
 
     def __init__(self, cfg: DictConfig):
@@ -44,6 +45,11 @@ class FineTuning:
         log.info("Task: %s, %d train / %d eval examples, labels %s", self.task.kind,
                  len(self.train_split), len(self.eval_split), list(self.task.label_names))
         write_json(layout.labels, list(self.task.label_names))
+        if self.task.kind == "multilabel":
+            counts = self.train_split.targets.sum(axis=0).astype(int).tolist()
+            log.info("Multi-label: training examples per label %s, %.2f labels per example",
+                     dict(zip(self.task.label_names, counts, strict=True)),
+                     float(self.train_split.targets.sum(axis=1).mean()))
         self.class_weights = None
         if self.task.positive_label is not None:
             log.info("Binary F1 of the positive label %r", self.task.positive_label)
@@ -80,22 +86,16 @@ class FineTuning:
         cfg = self.cfg
         model = build_task_model(cfg.model, self.task, self.tokenizer.vocabulary_size())
         check_sequence_length(model.backbone, cfg.data.sequence_length)
-        model.compile(
-            optimizer=build_optimizer(cfg.optimizer,
-                                      self.data.steps_per_epoch * cfg.trainer.epochs,
-                                      cfg.trainer.gradient_accumulation_steps),
-            loss=task_loss(self.task),
-            metrics=task_train_metrics(self.task),
-            jit_compile=cfg.trainer.jit_compile,
-            steps_per_execution=cfg.trainer.steps_per_execution,
-        )
-        return model
+        return compile_for_training(model, cfg, self.data.steps_per_epoch,
+                                    loss=task_loss(self.task),
+                                    metrics=task_train_metrics(self.task))
 
     def build_evaluation(self, model: keras.Model) -> CollapseCheckedEvaluation:
         """Task metrics (F1, MCC, correlations) on the whole eval split after every epoch,
         and a check that the model does not predict one class (or score) for all of it."""
         cfg = self.cfg
         dataset = build_dataset(self.eval_split, self.preprocessor, cfg.trainer.batch_size)
+        self.eval_dataset = dataset
         counts = None
         if self.task.kind == "classification":
             counts = np.bincount(self.train_split.targets, minlength=self.task.num_outputs)
@@ -105,7 +105,33 @@ class FineTuning:
                                          self.extra_metrics)
 
     def export(self, model: keras.Model, layout: RunLayout) -> Path:
-        """Preset, `.keras` and SavedModel, with the preprocessor attached."""
+        """Preset, `.keras` and SavedModel, with the preprocessor attached (a multi-label run's
+        thresholds first: see `store_thresholds`)."""
         samples = tuple(column[:SAMPLE_PREDICTIONS] for column in self.eval_split.texts)
+        thresholds = (self.store_thresholds(model, layout)
+                      if self.task.kind == "multilabel" else None)
         return export_run(model, self.preprocessor, layout.root, self.task.label_names,
-                          samples[0] if len(samples) == 1 else samples)
+                          samples[0] if len(samples) == 1 else samples, thresholds)
+
+    def store_thresholds(self, model: keras.Model, layout: RunLayout) -> tuple[float, ...]:
+        """The final model's threshold per label, written to `thresholds.json` and metrics.json
+        (and returned, for the exports).
+
+        `data.threshold` for every label, or with `data.tune_thresholds` tuned on the eval
+        split for the final model, as each epoch's evaluation did (so the final metrics are
+        those of these thresholds, and `albert-evaluate` on the eval split gives them again).
+        """
+        if self.task.tune_thresholds:
+            outputs = model.predict(self.eval_dataset, verbose=0).astype("float32")
+            thresholds = multilabel_thresholds(self.task, self.eval_split.targets, outputs)
+        else:
+            thresholds = multilabel_thresholds(self.task, self.eval_split.targets, None)
+        by_label = dict(zip(self.task.label_names, thresholds.tolist(), strict=True))
+        write_json(layout.thresholds, by_label)
+        self.extra_metrics["thresholds"] = {
+            "tuned": self.task.tune_thresholds,
+            "source": ("tuned per label on the eval split (data.tune_thresholds)"
+                       if self.task.tune_thresholds else "data.threshold"),
+            "by_label": by_label}
+        log.info("Thresholds (%s): %s", self.extra_metrics["thresholds"]["source"], by_label)
+        return tuple(thresholds.tolist())

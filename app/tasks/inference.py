@@ -17,11 +17,13 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
+from scipy import special
 
 from app.data.readers import CHUNK_ROWS, Table, count_lines, iter_tables
 from app.data.task import text_columns
 from app.errors import ConfigError
 from app.models.classifier import build_task_model
+from app.models.tagger import build_tagger
 from app.runs.read import Run
 from app.runtime import loading
 from app.tasks.tokenizer import load_run_tokenizer
@@ -36,19 +38,27 @@ PAD_MULTIPLE = 8  # a bucketed batch is padded to its longest text rounded up to
 CHECKPOINTS = ("export", "best", "last")
 
 
+def with_overrides(run: Run, overrides: Mapping | None,
+                   keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """The run's `data` settings (a dict) with the command's `data.*` keys applied, and those
+    keys (None values: as trained); a key outside `keys` is a ConfigError."""
+    data = OmegaConf.to_container(run.config.data, resolve=True)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(overrides) - set(keys))
+    if unknown:
+        raise ConfigError(f"unknown data setting {unknown[0]!r} for this run; expected one of "
+                          f"{[f'data.{k}' for k in keys]}")
+    data.update(overrides)
+    return data, overrides
+
+
 def data_settings(run: Run, overrides: Mapping | None, path: Path | None = None) -> DictConfig:
     """The run's `data` settings with the command's `data.*` keys applied (None: as trained).
 
     Without an explicit `data.format`, a file ending in .tsv, .csv or .jsonl is read in that
     format, anything else in the training format.
     """
-    data = OmegaConf.to_container(run.config.data, resolve=True)
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(DATA_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown data setting {unknown[0]!r}; expected one of "
-                          f"{[f'data.{k}' for k in DATA_KEYS]}")
-    data.update(overrides)
+    data, overrides = with_overrides(run, overrides, DATA_KEYS)
     if "format" not in overrides and path is not None:
         data["format"] = SUFFIX_FORMATS.get(Path(path).suffix.lower(), data["format"])
     if data["format"] not in SUFFIX_FORMATS.values():
@@ -194,6 +204,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Per-label probabilities from a multi-label model's logits."""
+    return special.expit(np.asarray(logits, dtype="float32"))
+
+
 def load_model(run: Run, checkpoint: str = "export") -> keras_hub.models.TextClassifier:
     """The run's model with its preprocessor, ready for `predict` on raw strings.
 
@@ -224,7 +239,11 @@ def _rebuild(run: Run, weights: Path) -> keras_hub.models.TextClassifier:
                           f"expected a finished run")
     log.info("Rebuilding the model from %s", weights)
     tokenizer = load_run_tokenizer(run.layout.tokenizer_dir)
-    model = build_task_model(run.config.model, run.task, tokenizer.vocabulary_size())
+    if run.task.kind == "token_classification":
+        model = build_tagger(run.config.model, len(run.task.label_names),
+                             tokenizer.vocabulary_size())
+    else:
+        model = build_task_model(run.config.model, run.task, tokenizer.vocabulary_size())
     model.preprocessor = model.preprocessor_cls(
         tokenizer, sequence_length=run.config.data.sequence_length)
     with warnings.catch_warnings():

@@ -51,10 +51,9 @@ from app.models.pretrainer import (
 from app.runs.layout import RunLayout
 from app.runs.transformers_export import export_transformers
 from app.runtime.cluster import cluster_workers
-from app.tasks.base import TrainingData
+from app.tasks.base import TrainingData, compile_for_training
 from app.tasks.tokenizer import build_tokenizer, token_encoder
 from app.training.callbacks import CompiledEvaluation
-from app.training.optim import build_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -239,16 +238,8 @@ class Pretraining:
         model = AlbertPretrainer(build_backbone(cfg.model, self.tokenizer.vocabulary_size()))
         load_preset_heads(model, cfg.model)
         check_sequence_length(model.backbone, cfg.data.sequence_length)
-        model.compile(
-            optimizer=build_optimizer(cfg.optimizer,
-                                      self.data.steps_per_epoch * cfg.trainer.epochs,
-                                      cfg.trainer.gradient_accumulation_steps),
-            loss=pretraining_losses(),
-            **pretraining_metrics(),
-            jit_compile=cfg.trainer.jit_compile,
-            steps_per_execution=cfg.trainer.steps_per_execution,
-        )
-        return model
+        return compile_for_training(model, cfg, self.data.steps_per_epoch,
+                                    loss=pretraining_losses(), **pretraining_metrics())
 
     def build_evaluation(self, model: keras.Model) -> PretrainingEvaluation:
         """MLM and SOP metrics on fixed masks after every epoch; also records them before."""

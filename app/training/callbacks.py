@@ -40,11 +40,14 @@ class FullEvaluation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         outputs = self.model.predict(self.dataset, verbose=0).astype("float32")
         self.outputs = outputs  # for checks of the predictions (app.training.collapse)
-        loss = float(keras.ops.convert_to_numpy(self.loss(self.targets, outputs)))
-        metrics = {"loss": loss, **evaluate_predictions(self.task, self.targets, outputs)}
-        self.latest = {f"val_{name}": value for name, value in metrics.items()}
+        self.latest = {f"val_{name}": value for name, value in self.measure(outputs).items()}
         if logs is not None:
             logs.update(self.latest)
+
+    def measure(self, outputs: np.ndarray) -> dict[str, float]:
+        """The loss and the task's metrics of the model's outputs on the whole split."""
+        loss = float(keras.ops.convert_to_numpy(self.loss(self.targets, outputs)))
+        return {"loss": loss, **evaluate_predictions(self.task, self.targets, outputs)}
 
 
 class CompiledEvaluation(keras.callbacks.Callback):

@@ -1,5 +1,6 @@
 """A run that learns nothing says so: after each epoch's evaluation, a model that predicts one
-class for the whole eval split (or, for regression, nearly the same score for every example) is
+class for the whole eval split (a multi-label model: one label set, possibly empty; for
+regression: nearly the same score for every example) is
 reported in one log line with its likely causes, and in metrics.json (`collapsed`).
 
 Example:
@@ -13,6 +14,7 @@ import numpy as np
 
 from app.data.task import TaskSpec
 from app.training.callbacks import FullEvaluation
+from app.training.metrics import multilabel_predictions, multilabel_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,19 @@ def collapse(task: TaskSpec, targets: np.ndarray, outputs: np.ndarray) -> dict |
     """What collapsed in these predictions, or None when they vary.
 
     Args:
-        task: the task (classification or regression).
-        targets: class ids or scores of the eval split.
+        task: the task (classification, multi-label or regression).
+        targets: class ids, multi-hot rows or scores of the eval split.
         outputs: the model's logits (classification) or scores (regression).
 
     Returns:
         `{"kind": "one_class", "predicted": label, "eval_share": share of the eval split with
-        that label}`, `{"kind": "constant", "prediction_std", "target_std"}`, or None. An eval
-        split whose targets do not vary cannot tell, and gives None.
+        that label}` (multi-label: the labels joined by the task's separator, "" for none, and
+        the share with exactly that label set), `{"kind": "constant", "prediction_std",
+        "target_std"}`, or None. An eval split whose targets do not vary cannot tell, and
+        gives None.
     """
+    if task.kind == "multilabel":
+        return _one_label_set(task, targets, outputs)
     if task.kind == "regression":
         spread, target_spread = float(np.std(outputs)), float(np.std(targets))
         if target_spread > 0 and spread <= SPREAD_RATIO * target_spread:
@@ -46,6 +52,18 @@ def collapse(task: TaskSpec, targets: np.ndarray, outputs: np.ndarray) -> dict |
         return None
     return {"kind": "one_class", "predicted": task.label_names[int(predicted[0])],
             "eval_share": float(np.mean(targets == predicted[0]))}
+
+
+def _one_label_set(task: TaskSpec, targets: np.ndarray, outputs: np.ndarray) -> dict | None:
+    """A multi-label model that predicts the same label set (at the thresholds its metrics
+    use) for every example: `one_class`, its `predicted` labels joined by the separator."""
+    predicted = multilabel_predictions(outputs, multilabel_thresholds(task, targets, outputs))
+    truth = np.asarray(targets).astype(bool)
+    if len(np.unique(predicted, axis=0)) > 1 or len(np.unique(truth, axis=0)) < 2:
+        return None
+    names = [name for name, on in zip(task.label_names, predicted[0], strict=True) if on]
+    return {"kind": "one_class", "predicted": task.label_separator.join(names),
+            "eval_share": float(np.mean((truth == predicted[0]).all(axis=1)))}
 
 
 def causes(learning_rate: float, vocabulary_size: int,

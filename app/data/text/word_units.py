@@ -34,7 +34,6 @@ _CJK_RANGES = [(0x3000, 0x303F), (0x3040, 0x30FF), (0x3100, 0x312F), (0x3400, 0x
 CJK_CHARS = "".join(f"{chr(low)}-{chr(high)}" for low, high in _CJK_RANGES)
 
 
-_CJK_CHAR = re.compile(f"([{CJK_CHARS}])")
 
 
 def words(text: str) -> list[str]:
@@ -44,7 +43,21 @@ def words(text: str) -> list[str]:
         >>> words("房间很好 nice view")
         ['房', '间', '很', '好', 'nice', 'view']
     """
-    return _CJK_CHAR.sub(r" \1 ", text).split()
+    return [text[start:end] for start, end in word_spans(text)]
+
+
+# A word: a CJK character, or a run of other non-space characters.
+_WORD = re.compile(f"(?!\\s)[{CJK_CHARS}]|[^\\s{CJK_CHARS}]+")
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """The (start, end) character offsets of `words(text)` in `text`.
+
+    Example:
+        >>> word_spans("房间 nice")
+        [(0, 1), (1, 2), (3, 7)]
+    """
+    return [match.span() for match in _WORD.finditer(text)]
 
 
 WHOLE_WORD_FLAG = 1 << 30  # set on a token id that continues a segmenter's word
