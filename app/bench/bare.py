@@ -12,21 +12,31 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
+from app.data.tagging import IGNORE
 from app.models.flops import batch_flops
 
 
 def bare_model(cfg: DictConfig, backbone: keras_hub.models.AlbertBackbone, num_outputs: int,
                pretraining: bool) -> keras.Model:
     """keras-hub's own model with the architecture of the app's built `backbone` (a preset's
-    included, random weights), compiled with Keras defaults (AdamW, cross-entropy)."""
+    included, random weights), compiled with Keras defaults (AdamW, cross-entropy).
+
+    keras-hub has no ALBERT token classifier: for token classification, its backbone's sequence
+    output and a Dense layer in a functional model, its loss skipping unlabelled pieces.
+    """
     fresh = keras_hub.models.AlbertBackbone.from_config(backbone.get_config())
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if pretraining:
         model = keras_hub.models.AlbertMaskedLM(fresh, preprocessor=None)
+    elif cfg.data.task == "token_classification":
+        logits = keras.layers.Dense(num_outputs)(fresh(fresh.input)["sequence_output"])
+        model = keras.Model(fresh.input, logits)
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=IGNORE)
     else:
         model = keras_hub.models.AlbertTextClassifier(fresh, num_outputs, preprocessor=None)
     model.compile(
         optimizer=keras.optimizers.AdamW(cfg.optimizer.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=loss,
         weighted_metrics=["sparse_categorical_accuracy"],
         jit_compile=cfg.trainer.jit_compile,
         steps_per_execution=cfg.trainer.steps_per_execution,
