@@ -210,6 +210,15 @@ def test_predict_tags_raw_text_with_character_offsets(tagging_run, tmp_path):
     assert any(row["entities"] for row in rows)
 
 
+def test_predict_refuses_a_file_that_is_not_utf8_and_writes_nothing(tagging_run, tmp_path):
+    _, _, run_dir, _ = tagging_run
+    text = "Tom flew to Rome .\ncaf\u00e9 au lait\n"
+    (tmp_path / "latin1.txt").write_bytes(text.encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.txt:2: bytes that are not UTF-8"):
+        predict(run_dir, tmp_path / "latin1.txt", tmp_path / "out.jsonl", progress=False)
+    assert not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob(".out.jsonl*"))
+
+
 def test_predict_writes_conll_from_pretokenized_input(tagging_run, tmp_path):
     _, _, run_dir, data = tagging_run
     predict(run_dir, data / "dev.conll", tmp_path / "dev.pred.conll", progress=False)

@@ -50,7 +50,7 @@ def _open(path: Path):
         raise DataError(f"Cannot read data file '{path}': {error.strerror}") from error
 
 
-def _not_utf8(path: Path) -> DataError:
+def not_utf8(path: Path) -> DataError:
     """The DataError for a file that is not UTF-8: the first bad byte and its line, found by
     decoding the file again block by block (never the whole file in memory)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -205,7 +205,7 @@ def iter_tables(path: str | Path, fmt: str, names: list[str],
                     yield Table(path=path, columns=columns, lines=lines)
                     lines, columns = [], {name: [] for name in names}
         except UnicodeDecodeError as error:
-            raise _not_utf8(path) from error
+            raise not_utf8(path) from error
         except OSError as error:
             raise DataError(f"Cannot read data file '{path}': {error.strerror}") from error
     if lines:

@@ -22,6 +22,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from app.data import tagged
+from app.data.readers import not_utf8
 from app.data.tagging import IGNORE, cut_windows, entity_spans, specials_of, word_pieces
 from app.data.text.word_units import word_spans
 from app.data.writers import atomic_table
@@ -177,19 +178,22 @@ def _inputs(path: Path, data: DictConfig) -> Iterator[tuple[str, list[str], list
                                               with_tags=False):
             yield _pretokenized(list(sentence.tokens))
         return
-    with path.open(encoding="utf-8-sig") as stream:
-        for line, raw in enumerate(stream, start=1):
-            if not raw.strip():
-                continue
-            text = raw.rstrip("\r\n")
-            if suffix == ".jsonl":
-                row = _json_row(path, line, raw)
-                if isinstance(row.get("tokens"), list):
-                    yield _pretokenized([str(token) for token in row["tokens"]])
+    try:
+        with path.open(encoding="utf-8-sig") as stream:
+            for line, raw in enumerate(stream, start=1):
+                if not raw.strip():
                     continue
-                text = row["text"]
-            spans = word_spans(text)
-            yield text, [text[start:end] for start, end in spans], spans
+                text = raw.rstrip("\r\n")
+                if suffix == ".jsonl":
+                    row = _json_row(path, line, raw)
+                    if isinstance(row.get("tokens"), list):
+                        yield _pretokenized([str(token) for token in row["tokens"]])
+                        continue
+                    text = row["text"]
+                spans = word_spans(text)
+                yield text, [text[start:end] for start, end in spans], spans
+    except UnicodeDecodeError as error:
+        raise not_utf8(path) from error
 
 
 def _json_row(path: Path, line: int, raw: str) -> dict:
