@@ -125,7 +125,6 @@ def evaluate_tagged(run, path: Path, name: str, checkpoint: str, batch_size: int
         bar.update(sum(len(s.tokens) + 1 for s in chunk) if data.format == "conll"
                    else len(chunk))
     bar.close()
-    types = tuple(sorted({tag[2:] for tag in tags if tag != "O"}))
     record = {
         "run": str(run.path), "split": name, "file": str(path), "format": data.format,
         "columns": ({"tokens": data.text_column, "tags": data.label_column}
@@ -134,7 +133,7 @@ def evaluate_tagged(run, path: Path, name: str, checkpoint: str, batch_size: int
         "tag_scheme": data.tag_scheme, "checkpoint": checkpoint,
         "num_examples": len(true_tags), "label_names": list(tags),
         "metrics": {"loss": loss_sum / max(labelled, 1),
-                    **entity_metrics(true_tags, predicted, types)},
+                    **entity_metrics(true_tags, predicted, tagged.entity_types(tags))},
         "seconds": time.perf_counter() - started,
     }
     write_json(run.layout.evaluation(name), record)

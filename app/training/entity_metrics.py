@@ -16,6 +16,7 @@ import numpy as np
 from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
+from app.data.tagged import entity_types
 from app.data.tagging import Windows, merge_windows
 from app.training.collapse import CollapseCheckedEvaluation
 
@@ -73,7 +74,7 @@ class EntityEvaluation(CollapseCheckedEvaluation):
         targets = np.array([index[tag] for tags in true_tags for tag in tags], "int32")
         super().__init__(dataset, targets, task, loss, on_collapse, hint, record)
         self.windows, self.true_tags = windows, true_tags
-        self.types = tuple(sorted({tag[2:] for tag in task.label_names if tag != "O"}))
+        self.types = entity_types(task.label_names)
 
     def measure(self, outputs: np.ndarray) -> dict[str, float]:
         loss = float(keras.ops.convert_to_numpy(self.loss(self.windows.labels, outputs)))
