@@ -225,8 +225,8 @@ def load_model(run: Run, checkpoint: str = "export") -> keras_hub.models.TextCla
     model_file = run.layout.model
     if checkpoint == "export" and model_file.is_file():
         with warnings.catch_warnings():
-            # The saved optimizer and compile settings are not needed for inference.
-            warnings.simplefilter("ignore", UserWarning)
+            # Exports before optimizer-free exports (0.1) still hold the optimizer's variables.
+            warnings.filterwarnings("ignore", "Skipping variable loading for optimizer")
             return loading.load_model(model_file, compile=False)
     name = "best" if checkpoint == "export" else checkpoint
     return _rebuild(run, run.layout.weights(name))

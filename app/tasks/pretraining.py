@@ -48,6 +48,7 @@ from app.models.pretrainer import (
     pretraining_losses,
     pretraining_metrics,
 )
+from app.runs.export import inference_copy
 from app.runs.layout import RunLayout
 from app.runs.transformers_export import export_transformers
 from app.runtime.cluster import cluster_workers
@@ -257,9 +258,9 @@ class Pretraining:
     def export(self, model: keras.Model, layout: RunLayout) -> Path:
         """An `AlbertMaskedLM` preset (with tokenizer), the MLM+SOP model as `.keras` and as
         transformers' `AlbertForPreTraining` (`export/hf`)."""
-        with model.distribute_strategy.scope():  # the MaskedLM's new variables, as the model's
-            export_preset(model, self.tokenizer, layout.preset, self.cfg.data.sequence_length,
-                          self.masker.masked_lm_prob, self.masker.max_predictions)
+        model = inference_copy(model)
+        export_preset(model, self.tokenizer, layout.preset, self.cfg.data.sequence_length,
+                      self.masker.masked_lm_prob, self.masker.max_predictions)
         model.save(layout.model)
         export_transformers(model, self.tokenizer, layout.transformers,
                             self.cfg.data.sequence_length)
