@@ -122,18 +122,44 @@ def imbalanced_dir(root, negatives: int = 60, positives: int = 20):
     return root
 
 
-def test_positive_label_defaults_to_the_minority(tmp_path):
-    data = imbalanced_dir(tmp_path)
-    task, train, _ = load_task_data(compose_config(*TINY, "data=tsv", f"data.dir={data}").data)
-    assert task.label_names == ("negative", "positive") and task.positive_label == "positive"
-    flipped = imbalanced_dir(tmp_path / "flipped", negatives=20, positives=60)
-    task, _, _ = load_task_data(compose_config(*TINY, "data=tsv", f"data.dir={flipped}").data)
-    assert task.positive_label == "negative" and task.positive_index == 0
-    chosen = compose_config(*TINY, "data=tsv", f"data.dir={data}", "data.positive_label=negative")
-    assert load_task_data(chosen.data)[0].positive_label == "negative"
-    wrong = compose_config(*TINY, "data=tsv", f"data.dir={data}", "data.positive_label=maybe")
+def relabelled_dir(root, rows, names: dict[str, str]):
+    """`rows` (train) and the balanced dev of `imbalanced_dir`, labels renamed by `names`."""
+    root.mkdir(parents=True)
+    rename = [(text, names[label]) for text, label in rows]
+    synthetic.write_tsv(root / "train.tsv", ("sentence", "label"), rename)
+    dev = synthetic.sentiment_rows(600, seed=4)[-40:]
+    synthetic.write_tsv(root / "dev.tsv", ("sentence", "label"), [(t, names[y]) for t, y in dev])
+    return root
+
+
+def positive_of(data_dir, *overrides: str) -> str:
+    cfg = compose_config(*TINY, "data=tsv", f"data.dir={data_dir}", *overrides)
+    return load_task_data(cfg.data)[0].positive_label
+
+
+def test_positive_label_follows_the_usual_convention(tmp_path, caplog):
+    """F1 is of `1`, `positive`, `true` or `yes` whatever the class balance (as GLUE and
+    scikit-learn report it); other names take the minority of the whole training file."""
+    rows = synthetic.sentiment_rows(600, seed=4)
+    negatives = [r for r in rows if r[1] == "negative"]
+    positives = [r for r in rows if r[1] == "positive"]
+    majority_positive = positives[:60] + negatives[:20]
+    for names, positive in (({"negative": "0", "positive": "1"}, "1"),
+                            ({"negative": "negative", "positive": "positive"}, "positive"),
+                            ({"negative": "False", "positive": "True"}, "True"),
+                            ({"negative": "no", "positive": "yes"}, "yes")):
+        assert positive_of(relabelled_dir(tmp_path / positive, majority_positive, names)) \
+            == positive
+    # ham/spam name no positive class: the minority of the whole file (spam: 10 of 65), even
+    # when the first 15 rows (a data.max_train_examples sample) hold more spam than ham.
+    spam_first = positives[:10] + negatives[:55]
+    data = relabelled_dir(tmp_path / "spam", spam_first, {"negative": "ham", "positive": "spam"})
+    with caplog.at_level(logging.INFO, logger="app.data.task"):
+        assert positive_of(data, "data.max_train_examples=15") == "spam"
+    assert any("minority label 'spam' (10 of 65" in r.getMessage() for r in caplog.records)
+    assert positive_of(data, "data.positive_label=ham") == "ham"
     with pytest.raises(DataError, match="`data.positive_label` 'maybe' is not a label"):
-        load_task_data(wrong.data)
+        positive_of(data, "data.positive_label=maybe")
 
 
 def test_f1_is_of_the_positive_label():

@@ -1,5 +1,6 @@
 """Task specs: which columns hold the inputs, and how labels become targets."""
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -8,6 +9,8 @@ from omegaconf import DictConfig
 
 from app.data.readers import Table, read_table
 from app.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,16 +135,17 @@ def text_columns(data: DictConfig) -> list[str]:
     return [data.text_column] + ([data.text_pair_column] if data.text_pair_column else [])
 
 
-def _read_split(data: DictConfig, filename: str, limit: int | None) -> Table:
-    names = text_columns(data) + [data.label_column]
-    table = read_table(Path(data.dir) / filename, data.format, names)
-    if limit is not None and limit < len(table):
-        table = Table(
-            table.path,
-            {name: values[:limit] for name, values in table.columns.items()},
-            table.lines[:limit],
-        )
-    return table
+def _read_split(data: DictConfig, filename: str) -> Table:
+    return read_table(Path(data.dir) / filename, data.format,
+                      text_columns(data) + [data.label_column])
+
+
+def _head(table: Table, limit: int | None) -> Table:
+    """The first `limit` rows of `table` (all of them when None)."""
+    if limit is None or limit >= len(table):
+        return table
+    return Table(table.path, {name: values[:limit] for name, values in table.columns.items()},
+                 table.lines[:limit])
 
 
 def _to_split(table: Table, data: DictConfig, task: TaskSpec) -> Split:
@@ -171,8 +175,9 @@ def load_task_data(data: DictConfig) -> tuple[TaskSpec, Split, Split]:
     Returns:
         The task spec, the training split and the evaluation split.
     """
-    train_table = _read_split(data, data.train_file, data.max_train_examples)
-    eval_table = _read_split(data, data.eval_file, data.max_eval_examples)
+    whole_train = _read_split(data, data.train_file)
+    train_table = _head(whole_train, data.max_train_examples)
+    eval_table = _head(_read_split(data, data.eval_file), data.max_eval_examples)
     if data.task == "multilabel":
         task = multilabel_task(data, train_table)
         return task, _to_split(train_table, data, task), _to_split(eval_table, data, task)
@@ -184,21 +189,34 @@ def load_task_data(data: DictConfig) -> tuple[TaskSpec, Split, Split]:
                 f"{train_table.path}: column {data.label_column!r} has a single label "
                 f"{labels[0]!r}; classification needs at least two"
             )
-    task = TaskSpec(kind=data.task, label_names=labels)
-    train = _to_split(train_table, data, task)
     if len(labels) == 2 or data.positive_label is not None:
-        task = TaskSpec(kind=data.task, label_names=labels,
-                        positive_label=_positive_label(data, train_table, labels, train.targets))
-    return task, train, _to_split(eval_table, data, task)
+        positive = _positive_label(data, whole_train, labels)
+        task = TaskSpec(kind=data.task, label_names=labels, positive_label=positive)
+    else:
+        task = TaskSpec(kind=data.task, label_names=labels)
+    return task, _to_split(train_table, data, task), _to_split(eval_table, data, task)
 
 
-def _positive_label(data: DictConfig, table: Table, labels: tuple[str, ...],
-                    targets: np.ndarray) -> str:
-    """`data.positive_label`, checked against the labels; else the minority class of the
-    training split (the second label on a tie)."""
+# Label names that mean "the positive class" of a binary task (compared lowercased).
+POSITIVE_NAMES = ("1", "positive", "pos", "true", "yes")
+
+
+def _positive_label(data: DictConfig, table: Table, labels: tuple[str, ...]) -> str:
+    """The class binary F1 is reported for, by the usual convention (GLUE, scikit-learn):
+    `data.positive_label`, checked against the labels; else `1` of labels `0`/`1` (or
+    `positive`, `true`, `yes`); else the minority class of the whole training file (not of a
+    `data.max_train_examples` sample, so the choice never depends on the cap), logged."""
     if data.positive_label is None:
-        counts = np.bincount(targets, minlength=2)
-        return labels[0] if counts[0] < counts[1] else labels[1]
+        named = [label for label in labels if label.lower() in POSITIVE_NAMES]
+        if len(named) == 1:
+            return named[0]
+        column = table.columns[data.label_column]
+        counts = {label: column.count(label) for label in labels}
+        minority = min(reversed(labels), key=counts.get)  # the second label on a tie
+        log.info("Binary F1 of the minority label %r (%d of %d training examples; labels %s "
+                 "name no positive class: set data.positive_label to choose)", minority,
+                 counts[minority], len(column), list(labels))
+        return minority
     if len(labels) != 2:
         raise DataError(f"{table.path}: `data.positive_label` applies to two-class tasks; column "
                         f"{data.label_column!r} has {len(labels)} labels {list(labels)}. "
