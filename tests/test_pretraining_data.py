@@ -43,14 +43,25 @@ OBJECTS = ["a red ball", "the small house", "two green apples", "the long river"
 PLACES = ["in the park", "near the station", "at home", "after dinner", "before sunrise"]
 
 
-def synthetic_documents(num_documents: int, seed: int) -> list[list[str]]:
-    """Documents of 3-8 simple English sentences."""
+# The same sentences in Chinese: no spaces, words of one to four characters, 。 ends them.
+SUBJECTS_ZH = ["小猫", "这只狗", "我的朋友", "老师", "邻居", "那位老人"]
+VERBS_ZH = ["看见了", "喜欢", "画了", "拿着", "找到了", "跟着"]
+OBJECTS_ZH = ["一个红球", "那座小房子", "两个青苹果", "那条长河", "一辆蓝色的车"]
+PLACES_ZH = ["在公园里", "在车站附近", "在家", "晚饭以后", "日出之前"]
+
+
+def synthetic_documents(num_documents: int, seed: int, language: str = "en") -> list[list[str]]:
+    """Documents of 3-8 simple sentences, English (`en`) or Chinese (`zh`)."""
     rng = np.random.default_rng(seed)
-    return [
-        [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
-         f"{rng.choice(PLACES)}." for _ in range(rng.integers(3, 9))]
-        for _ in range(num_documents)
-    ]
+    if language == "zh":
+        def sentence():
+            return (f"{rng.choice(PLACES_ZH)}{rng.choice(SUBJECTS_ZH)}{rng.choice(VERBS_ZH)}"
+                    f"{rng.choice(OBJECTS_ZH)}。")
+    else:
+        def sentence():
+            return (f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} "
+                    f"{rng.choice(PLACES)}.")
+    return [[sentence() for _ in range(rng.integers(3, 9))] for _ in range(num_documents)]
 
 
 def write_corpus(path: Path, documents: list[list[str]]) -> Path:
@@ -71,12 +82,23 @@ def corpus_config(**overrides):
     return OmegaConf.create({**data, **overrides})
 
 
+def language_processor(out: Path, language: str) -> sentencepiece.SentencePieceProcessor:
+    sentences = [s for d in synthetic_documents(200, seed=0, language=language) for s in d]
+    # Chinese: every character a piece of its own (78 of them), and a few words.
+    proto = train_sentencepiece(sentences, out / "spm", hard_vocab_limit=False,
+                                vocab_size=60 if language == "en" else 120)
+    return sentencepiece.SentencePieceProcessor(model_file=str(proto))
+
+
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory) -> sentencepiece.SentencePieceProcessor:
-    out = tmp_path_factory.mktemp("spm")
-    sentences = [s for d in synthetic_documents(200, seed=0) for s in d]
-    proto = train_sentencepiece(sentences, out / "spm", vocab_size=60, hard_vocab_limit=False)
-    return sentencepiece.SentencePieceProcessor(model_file=str(proto))
+    return language_processor(tmp_path_factory.mktemp("spm"), "en")
+
+
+@pytest.fixture(scope="module")
+def processors(processor, tmp_path_factory) -> dict[str, sentencepiece.SentencePieceProcessor]:
+    """A tokenizer per language of `synthetic_documents`."""
+    return {"en": processor, "zh": language_processor(tmp_path_factory.mktemp("spm_zh"), "zh")}
 
 
 def test_split_sentences_english_and_wikitext_spacing():
@@ -229,8 +251,12 @@ def test_trimming_breaks_length_ties_at_random():
     assert min(cut.values()) > 60, cut
 
 
-def test_random_b_pairs_are_never_in_order_and_never_reach_the_model_inputs(processor):
-    documents = synthetic_documents(150, seed=6) + [[s] for s in synthetic_documents(50, 7)[0]]
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_random_b_pairs_are_never_in_order_and_never_reach_the_model_inputs(processors,
+                                                                             language):
+    processor = processors[language]
+    documents = (synthetic_documents(150, seed=6, language=language)
+                 + [[s] for s in synthetic_documents(50, 7, language)[0]])
     data = corpus_config(sequence_length=64)
     examples, count = pretraining_examples(lambda: iter(documents), processor, data, seed=1)
     kinds = count_pair_kinds(examples)
@@ -434,12 +460,23 @@ def test_segmenter_flags_group_masking_and_never_reach_inputs_or_labels():
                 assert position - 1 in chosen
 
 
-def test_whole_words_masked_and_max_predictions_respected():
-    masker = NGramMasker(VOCAB, masked_lm_prob=0.5, max_predictions=6)
+# A vocabulary like a Chinese WordPiece one: every CJK character a word, `##` continuations
+# (of Latin letters and digits inside Chinese text).
+VOCAB_ZH = (list(SPECIAL_PIECES) + [chr(0x4E00 + i) for i in range(200)]
+            + [f"##{chr(97 + i % 26)}{i // 26}" for i in range(45)])
+
+
+@pytest.mark.parametrize(("vocab", "starts_word"), [
+    (VOCAB, lambda piece: piece.startswith("\u2581")),
+    (VOCAB_ZH, lambda piece: not piece.startswith("##")),
+], ids=["sentencepiece-en", "wordpiece-zh"])
+def test_whole_words_masked_and_max_predictions_respected(vocab, starts_word):
+    masker = NGramMasker(vocab, masked_lm_prob=0.5, max_predictions=6)
     examples = random_examples(100, 64, seed=4)
     x, _, weights = mask_all(masker, examples, seed=5)
     assert weights["mlm"].shape == (100, 6) and weights["mlm"].sum(axis=1).min() >= 1
-    is_start = np.array([p.startswith("\u2581") for p in VOCAB])
+    is_start = np.array([starts_word(p) for p in vocab])
+    continuations = 0
     for row in range(100):
         chosen = set(x["mask_positions"][row][weights["mlm"][row] > 0].tolist())
         for position in chosen:
@@ -448,6 +485,8 @@ def test_whole_words_masked_and_max_predictions_respected():
             tokens = examples["token_ids"][row]
             if not is_start[tokens[position]] and tokens[position - 1] >= len(SPECIAL_PIECES):
                 assert position - 1 in chosen
+                continuations += 1
+    assert continuations > 20  # the rule was exercised
 
 
 def pipeline(documents, processor, seed, training=True, data=None, epochs=2):
@@ -468,8 +507,10 @@ def as_arrays(dataset) -> list[np.ndarray]:
             for x, _, _ in dataset.as_numpy_iterator()]
 
 
-def test_masks_reproducible_from_seed_fresh_each_epoch_and_resumable(processor):
-    documents = synthetic_documents(40, seed=1)
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_masks_reproducible_from_seed_fresh_each_epoch_and_resumable(processors, language):
+    processor = processors[language]
+    documents = synthetic_documents(40, seed=1, language=language)
     first, steps = pipeline(documents, processor, seed=7)
     again, _ = pipeline(documents, processor, seed=7)
     other, _ = pipeline(documents, processor, seed=8)
@@ -490,8 +531,11 @@ def test_masks_reproducible_from_seed_fresh_each_epoch_and_resumable(processor):
                zip(as_arrays(evaluation), as_arrays(evaluation), strict=True))
 
 
-def test_sop_labels_in_pipeline_are_balanced(processor):
-    documents, data = synthetic_documents(150, seed=2), corpus_config(sequence_length=128)
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_sop_labels_in_pipeline_are_balanced(processors, language):
+    processor = processors[language]
+    documents = synthetic_documents(150, seed=2, language=language)
+    data = corpus_config(sequence_length=128)
     dataset, count = pipeline(documents, processor, seed=3, training=False, data=data)
     labels = np.concatenate([y["sop"] for _, y, _ in dataset.as_numpy_iterator()])
     examples, _ = pretraining_examples(lambda: iter(documents), processor, data, seed=3)
