@@ -14,13 +14,13 @@ from app.models.albert_backbone import (
     check_activation,
 )
 from app.runtime.console import command_line_keys
-from app.runtime.loading import load_backbone, load_heads
+from app.runtime.loading import load_backbone, load_heads, preset_positions
 
 log = logging.getLogger(__name__)
 
 # Keys of the `model` node that are not AlbertBackbone arguments.
 NON_BACKBONE_KEYS = ("preset", "tokenizer", "classifier_dropout", "learning_rate",
-                     "preset_learning_rate")
+                     "preset_learning_rate", "lora_rank")
 KERAS_HUB_TARGET = "keras_hub.models.AlbertBackbone"
 APP_TARGET = f"{AlbertActivationBackbone.__module__}.{AlbertActivationBackbone.__name__}"
 # Keys that fix the shape of the weights: a preset's own values win, a differing one set on the
@@ -100,6 +100,14 @@ def load_preset_heads(task_model, model: DictConfig) -> None:
         loaded = load_heads(task_model, model.preset)
         if loaded:
             log.info("Loaded the heads %s from preset %s", loaded, model.preset)
+
+
+def position_table(model: DictConfig) -> int:
+    """The longest sequence the run's backbone will take, before it is built:
+    `model.max_sequence_length`, or the preset's position table when that is shorter."""
+    if model.preset is None:
+        return model.max_sequence_length
+    return min(model.max_sequence_length, preset_positions(model.preset))
 
 
 def check_sequence_length(backbone, sequence_length: int) -> None:

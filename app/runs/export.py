@@ -3,40 +3,25 @@ the transformers format."""
 
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from app.models.lora import merged_weights
 from app.runs.layout import LABELS_FILE, THRESHOLDS_FILE, RunLayout
 from app.runs.record import write_json
 from app.runs.serving import export_saved_model
 from app.runs.transformers_export import export_transformers
 
 
-def inference_copy(model: keras.Model) -> keras.Model:
-    """A fresh copy of a trained `model` with its weights, for export.
-
-    The copy compiles itself as keras-hub tasks do, with an optimizer that was never built: its
-    presets and `.keras` hold no optimizer slots (the resume state stays in `checkpoints/`), and
-    `from_preset` loads them without "Skipping variable loading for optimizer" warnings.
-    """
-    copy = model.__class__.from_config(model.get_config())
-    copy.set_weights(merged_weights(model))  # LoRA factors merged into the kernels
-    return copy
-
-
 def export_run(model, preprocessor, run_dir: Path, label_names, sample_inputs,
                thresholds: tuple[float, ...] | None = None) -> Path:
-    """Export the trained task with its preprocessor: keras-hub preset, `.keras`, SavedModel,
-    transformers (`export/hf`). A multi-label model's `thresholds` (one per label) go into its
-    SavedModel and beside its preset.
+    """Export the trained task (an `app.models.lora.inference_copy`) with its preprocessor:
+    keras-hub preset, `.keras`, SavedModel, transformers (`export/hf`). A multi-label model's
+    `thresholds` (one per label) go into its SavedModel and beside its preset.
 
     The SavedModel's serving signature takes raw strings (see app.runs.serving). Also writes the
     label names beside the preset and the model's outputs on a few raw inputs
     (`sample_predictions.json`), so a reload can be checked against the run.
     """
     layout = RunLayout(run_dir)
-    model = inference_copy(model)
     # The task's own preprocessor class (keras-hub's from_preset matches it to the backbone).
     preprocessor = model.preprocessor_cls(preprocessor.tokenizer,
                                           sequence_length=preprocessor.sequence_length)

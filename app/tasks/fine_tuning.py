@@ -11,14 +11,15 @@ import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from app.data.pipeline import build_dataset, epoch_stream, tokenized
+from app.data.pipeline import build_dataset, epoch_stream, packed_lengths, tokenized
 from app.data.task import class_weights, load_task_data
 from app.models.backbone import check_sequence_length
 from app.models.classifier import build_task_model, task_loss, task_train_metrics
+from app.models.lora import inference_copy
 from app.runs.export import export_run
 from app.runs.layout import RunLayout
 from app.runs.record import write_json
-from app.tasks.base import TrainingData, compile_for_training
+from app.tasks.base import TrainingData, choose_lengths, compile_for_training, measure_padding
 from app.tasks.tokenizer import build_tokenizer
 from app.training.collapse import CollapseCheckedEvaluation, causes
 from app.training.metrics import multilabel_thresholds
@@ -61,9 +62,14 @@ class FineTuning:
             self.extra_metrics["class_weights"] = weights
 
     def build_tokenizer(self, layout: RunLayout) -> keras_hub.models.AlbertTokenizer:
-        """The run's tokenizer (trained on the training texts unless given) and preprocessor."""
+        """The run's tokenizer (trained on the training texts unless given), the lengths left
+        null (chosen from the training texts) and the preprocessor."""
         texts = [text for column in self.train_split.texts for text in column]
         self.tokenizer = build_tokenizer(self.cfg, texts, layout.tokenizer_dir)
+        lengths = choose_lengths(self.cfg, layout,
+                                 lambda: packed_lengths(self.train_split, self.tokenizer))
+        if lengths:
+            self.extra_metrics["lengths"] = lengths
         self.preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
             self.tokenizer, sequence_length=self.cfg.data.sequence_length)
         return self.tokenizer
@@ -79,6 +85,7 @@ class FineTuning:
                                class_weights=self.class_weights)
         steps = math.ceil(len(self.train_split) / cfg.trainer.batch_size)
         self.data = TrainingData(batches, len(self.train_split), steps)
+        self.extra_metrics["padding"] = measure_padding(self.data)
         return self.data
 
     def build_model(self) -> keras.Model:
@@ -110,7 +117,8 @@ class FineTuning:
         samples = tuple(column[:SAMPLE_PREDICTIONS] for column in self.eval_split.texts)
         thresholds = (self.store_thresholds(model, layout)
                       if self.task.kind == "multilabel" else None)
-        return export_run(model, self.preprocessor, layout.root, self.task.label_names,
+        return export_run(inference_copy(model), self.preprocessor, layout.root,
+                          self.task.label_names,
                           samples[0] if len(samples) == 1 else samples, thresholds)
 
     def store_thresholds(self, model: keras.Model, layout: RunLayout) -> tuple[float, ...]:

@@ -42,13 +42,13 @@ from app.data.pretraining.shards import (
 from app.data.pretraining.signal import corpus_signal, masking_stats, report_signal
 from app.errors import DataError
 from app.models.backbone import build_backbone, check_sequence_length, load_preset_heads
+from app.models.lora import inference_copy
 from app.models.pretrainer import (
     AlbertPretrainer,
     export_preset,
     pretraining_losses,
     pretraining_metrics,
 )
-from app.runs.export import inference_copy
 from app.runs.layout import RunLayout
 from app.runs.transformers_export import export_transformers
 from app.runtime.cluster import cluster_workers

@@ -16,12 +16,13 @@ from app.data.pipeline import epoch_stream
 from app.data.tagging import Windows, cut_windows, specials_of, word_pieces
 from app.data.task import TaskSpec
 from app.models.backbone import check_sequence_length
+from app.models.lora import inference_copy
 from app.models.tagger import TokenAccuracy, build_tagger, tagger_loss
 from app.runs.export import export_run
 from app.runs.layout import RunLayout
 from app.runs.record import write_json
 from app.runtime.loading import checkpoint_labels
-from app.tasks.base import TrainingData, compile_for_training
+from app.tasks.base import TrainingData, choose_lengths, compile_for_training, measure_padding
 from app.tasks.tokenizer import build_tokenizer
 from app.training.collapse import causes
 from app.training.entity_metrics import EntityEvaluation
@@ -78,13 +79,24 @@ class TokenClassification:
         write_json(layout.labels, list(tags))
 
     def build_tokenizer(self, layout: RunLayout) -> keras_hub.models.AlbertTokenizer:
-        """The run's tokenizer (trained on the training words unless given) and the
-        preprocessor exported with the model (raw strings to pieces, for serving)."""
+        """The run's tokenizer (trained on the training words unless given), the lengths left
+        null (chosen from the training sentences' pieces) and the preprocessor exported with the
+        model (raw strings to pieces, for serving)."""
         texts = [" ".join(sentence.tokens) for sentence in self.train_sentences]
         self.tokenizer = build_tokenizer(self.cfg, texts, layout.tokenizer_dir)
+        stride = self.cfg.data.window_stride
+        lengths = choose_lengths(self.cfg, layout, self.sentence_lengths,
+                                 "cut into overlapping windows", minimum=(stride or 0) + 2)
+        if lengths:
+            self.extra_metrics["lengths"] = lengths
         self.preprocessor = keras_hub.models.AlbertTextClassifierPreprocessor(
             self.tokenizer, sequence_length=self.cfg.data.sequence_length)
         return self.tokenizer
+
+    def sentence_lengths(self) -> list[int]:
+        """Each training sentence's pieces, with `[CLS]` and `[SEP]`."""
+        pieces = word_pieces(self.tokenizer, [s.tokens for s in self.train_sentences])
+        return [sum(len(word) for word in sentence) + 2 for sentence in pieces]
 
     def build_pipelines(self, strategy: tf.distribute.Strategy) -> TrainingData:
         """Windows cut once, shuffled per epoch, optionally length-bucketed."""
@@ -102,6 +114,7 @@ class TokenClassification:
                                bucket_boundaries=cfg.data.bucket_boundaries)
         steps = math.ceil(len(windows) / cfg.trainer.batch_size)
         self.data = TrainingData(batches, len(windows), steps)
+        self.extra_metrics["padding"] = measure_padding(self.data)
         return self.data
 
     def build_model(self) -> keras.Model:
@@ -128,5 +141,6 @@ class TokenClassification:
     def export(self, model: keras.Model, layout: RunLayout) -> Path:
         """Preset, `.keras`, SavedModel (raw strings to per-piece tags) and `export/hf`."""
         samples = [" ".join(s.tokens) for s in self.eval_sentences[:SAMPLE_PREDICTIONS]]
-        return export_run(model, self.preprocessor, layout.root, self.task.label_names,
+        return export_run(inference_copy(model), self.preprocessor, layout.root,
+                          self.task.label_names,
                           np.array(samples, dtype=object))
