@@ -4,7 +4,10 @@
         .hydra/config.yaml, overrides.yaml   the config as composed and the command-line overrides
         config.yaml                          the config resolved, paths absolute or in the folder
         status.json env.json labels.json history.json metrics.json eval_<split>.json
+        history.csv                          one row per epoch (logger=csv)
+        mlflow_run.json                      the run's MLflow run: id and store (logger=mlflow)
         thresholds.json                      a multi-label run's threshold per label
+        lengths.json                         the sequence length and buckets chosen from the data
         tokenizer/spm.model                  the SentencePiece model the run used
         tokenizer/normalization.json         its text normalization, where it has one
         checkpoints/best.weights.h5 last.weights.h5 state/step-<N>/
@@ -28,7 +31,10 @@ STATUS_FILE = "status.json"
 ENV_FILE = "env.json"
 LABELS_FILE = "labels.json"
 THRESHOLDS_FILE = "thresholds.json"
+LENGTHS_FILE = "lengths.json"
 HISTORY_FILE = "history.json"
+HISTORY_CSV_FILE = "history.csv"
+MLFLOW_RUN_FILE = "mlflow_run.json"
 METRICS_FILE = "metrics.json"
 TOKENIZER_DIR = "tokenizer"
 PROTO_FILE = "spm.model"
@@ -63,7 +69,11 @@ class RunLayout:
     labels = property(lambda self: self.root / LABELS_FILE)
     # A multi-label run's {label: threshold} (data.threshold, or tuned: data.tune_thresholds).
     thresholds = property(lambda self: self.root / THRESHOLDS_FILE)
+    # How the lengths left null were chosen from the data (the values also go to config.yaml).
+    lengths = property(lambda self: self.root / LENGTHS_FILE)
     history = property(lambda self: self.root / HISTORY_FILE)
+    history_csv = property(lambda self: self.root / HISTORY_CSV_FILE)  # Keras' CSVLogger's
+    mlflow_run = property(lambda self: self.root / MLFLOW_RUN_FILE)
     metrics = property(lambda self: self.root / METRICS_FILE)
     tokenizer_dir = property(lambda self: self.root / TOKENIZER_DIR)
     proto = property(lambda self: self.root / TOKENIZER_DIR / PROTO_FILE)  # SentencePiece

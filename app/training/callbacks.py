@@ -198,9 +198,11 @@ def flat_hparams(cfg: DictConfig) -> dict:
 def instantiate_callbacks(nodes: DictConfig, run_dir: Path, runtime: dict) -> list:
     """Instantiate the `_target_` nodes of a `callbacks` or `logger` config group.
 
-    Keys set to `???` receive the value of the same name from `runtime`; `filepath` and
-    `log_dir` are relative to the run folder. A node set to null is skipped.
+    Keys set to `???` receive the value of the same name from `runtime` (`run_dir`: the run
+    folder); `filepath` and `log_dir` are relative to the run folder. A node set to null is
+    skipped.
     """
+    runtime = {"run_dir": str(run_dir), **runtime}
     built = []
     for name, node in nodes.items():
         if node is None:
