@@ -5,9 +5,11 @@ import sys
 
 
 def _started_as_command() -> bool:
-    """Whether this process is one of the app's commands (`albert-*`, `python -m app...`)."""
+    """Whether this process is one of the app's commands (`albert-*`, `python -m app...`), or a
+    task a submitit launcher started (`hydra/launcher=submitit_*`: it unpickles the command)."""
     # While `python -m app.<command>` locates its module, sys.argv[0] is "-m".
-    return sys.argv[0] == "-m" or os.path.basename(sys.argv[0]).startswith("albert-")
+    return (sys.argv[0] == "-m" or os.path.basename(sys.argv[0]).startswith("albert-")
+            or "SUBMITIT_EXECUTOR" in os.environ)
 
 
 if _started_as_command():

@@ -116,11 +116,17 @@ def evaluate(run_dir: str | Path, input: str | Path | None = None, split: str | 
     return record
 
 
+def evaluate_config(cfg) -> dict:
+    """`evaluate` with the settings of a composed `conf/evaluate.yaml` (the command's and
+    `app.api.evaluate`'s); returns the record written to `eval_<split>.json`."""
+    return evaluate(cfg.run, cfg.input, cfg.split, cfg.checkpoint, cfg.batch_size,
+                    cfg.progress, cfg.data, bucketing=cfg.bucketing)
+
+
 @command("evaluate")
 def main(cfg) -> None:
     """`albert-evaluate run=<run_dir> [input=<file>] [split=<name>] [key=value ...]`."""
-    record = evaluate(cfg.run, cfg.input, cfg.split, cfg.checkpoint, cfg.batch_size,
-                      cfg.progress, cfg.data, bucketing=cfg.bucketing)
+    record = evaluate_config(cfg)
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted(record["metrics"].items()))
     print(f"{record['split']} ({record['num_examples']} examples): {metrics}")
 

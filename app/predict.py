@@ -14,15 +14,16 @@ by chunk, texts of similar length batched together; the output appears only once
 """
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from app.data.readers import CHUNK_ROWS, Table
-from app.data.task import TaskSpec
+from app.data.task import TaskSpec, text_columns
 from app.data.writers import atomic_table
-from app.errors import ConfigError
-from app.runs.read import open_run
+from app.errors import ConfigError, DataError
+from app.runs.read import Run, open_run
 from app.runtime.console import command
 from app.tasks.inference import (
     BATCH_SIZE,
@@ -36,7 +37,7 @@ from app.tasks.inference import (
     sigmoid,
     softmax,
 )
-from app.tasks.tagging_inference import predict_tagged
+from app.tasks.tagging_inference import predict_tagged, tag_texts
 from app.training.metrics import multilabel_predictions
 
 log = logging.getLogger(__name__)
@@ -118,23 +119,93 @@ def predict(run_dir: str | Path, input_path: str | Path, output: str | Path,
                           f"output, or output_format=tsv|csv|jsonl")
     settings = data_settings(run, overrides, Path(input_path))
     chunks = read_chunks(input_path, settings, with_labels=False, chunk_rows=chunk_rows)
-    names = [settings.text_column] + ([settings.text_pair_column]
-                                      if settings.text_pair_column else [])
+    columns, rows_of = row_predictor(run, settings, fmt, checkpoint, batch_size, bucketing)
+
+    bar = Progress(input_path, settings.format, progress)
+    with atomic_table(output, fmt, columns) as writer:
+        for table in chunks:
+            writer.write_rows(rows_of(table))
+            bar.update(len(table))
+    bar.close()
+    log.info("Wrote %d predictions to %s", writer.rows, output)
+    return output
+
+
+def row_predictor(run: Run, settings, fmt: str, checkpoint: str, batch_size: int,
+                  bucketing: bool) -> tuple[list[str], Callable[[Table], list[dict]]]:
+    """The output columns of a (not token-classification) run, and a function giving the
+    output rows of a table of its text columns (see `prediction_rows`).
+
+    Args:
+        run: the opened run.
+        settings: its `data` settings (text columns), from `data_settings`.
+        fmt: the output format (`jsonl`: labels and probabilities as a list and an object).
+        checkpoint, batch_size, bucketing: as for `predict`.
+    """
+    names = text_columns(settings)
     task = run.task
     labels = list(task.label_names)
     first = "labels" if task.kind == "multilabel" else "label"
     result = [first, *(f"prob_{label}" for label in labels)] if labels else ["score"]
     predictor = Predictor(load_model(run, checkpoint), batch_size, bucketing)
 
-    bar = Progress(input_path, settings.format, progress)
-    with atomic_table(output, fmt, names + result) as writer:
-        for table in chunks:
-            outputs = predictor(features(table, settings))
-            writer.write_rows(prediction_rows(table, names, outputs, labels, fmt, task))
-            bar.update(len(table))
-    bar.close()
-    log.info("Wrote %d predictions to %s", writer.rows, output)
-    return output
+    def rows_of(table: Table) -> list[dict]:
+        outputs = predictor(features(table, settings))
+        return prediction_rows(table, names, outputs, labels, fmt, task)
+
+    return names + result, rows_of
+
+
+def predict_texts(run_dir: str | Path, texts: Iterable, checkpoint: str = "export",
+                  batch_size: int = BATCH_SIZE, bucketing: bool = True) -> list[dict]:
+    """Predictions of a finished run for texts in memory: per text, the row `predict` writes
+    to a `.jsonl` output (for the same texts in a file, the same values).
+
+    Args:
+        run_dir: the run folder.
+        texts: strings; (text, text_pair) pairs for a sentence-pair run; for a
+            token-classification run raw strings (cut into words as `albert-predict` cuts a
+            line of text) or lists of tokens.
+        checkpoint, batch_size, bucketing: as for `predict`.
+
+    Returns:
+        One dict per text: the text column(s) and `label` + `probabilities`
+        (classification), `labels` + `probabilities` (multi-label), `score` (regression), or
+        `text`, `tokens`, `tags` and `entities` (token classification).
+
+    Example:
+        >>> predict_texts(run_dir, ["a fine film ."])[0]["label"]
+        'positive'
+    """
+    run = open_run(run_dir)
+    if isinstance(texts, str | bytes) or not isinstance(texts, Iterable):
+        raise ConfigError(f"`texts` must be a list of texts. Received: {type(texts).__name__}")
+    texts = list(texts)  # a tuple, a pandas Series, a generator, ...
+    if run.task.kind == "token_classification":
+        return tag_texts(run, texts, checkpoint, batch_size)
+    settings = data_settings(run, None)
+    names = text_columns(settings)
+    expected = "a string" if len(names) == 1 else "a (text, text_pair) pair of strings"
+    for i, item in enumerate(texts):
+        one = isinstance(item, str)
+        pair = (isinstance(item, Sequence) and not one and len(item) == 2
+                and all(isinstance(part, str) for part in item))
+        if not (one if len(names) == 1 else pair):
+            raise ConfigError(f"`texts[{i}]` must be {expected} for this run "
+                              f"(data.text_pair_column={settings.text_pair_column!r}). "
+                              f"Received: {item!r}")
+        if any(not part.strip() for part in ([item] if one else item)):
+            raise DataError(f"`texts[{i}]`: empty text. Received: {item!r}")  # as the readers
+    if not texts:
+        return []
+    _, rows_of = row_predictor(run, settings, "jsonl", checkpoint, batch_size, bucketing)
+    rows = []
+    for start in range(0, len(texts), CHUNK_ROWS):  # the chunks `predict` would read
+        chunk = texts[start:start + CHUNK_ROWS]
+        columns = ({names[0]: list(chunk)} if len(names) == 1 else
+                   {name: [item[j] for item in chunk] for j, name in enumerate(names)})
+        rows += rows_of(Table(Path("<texts>"), columns, list(range(start, start + len(chunk)))))
+    return rows
 
 
 @command("predict")

@@ -14,7 +14,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,13 @@ from app.data.text.word_units import word_spans
 from app.data.writers import atomic_table
 from app.errors import ConfigError, DataError
 from app.runs.record import write_json
-from app.tasks.inference import Progress, batch_rows, load_model, with_overrides
+from app.tasks.inference import (
+    BATCH_SIZE,
+    Progress,
+    batch_rows,
+    load_model,
+    with_overrides,
+)
 from app.training.entity_metrics import entity_metrics, word_tags
 
 log = logging.getLogger(__name__)
@@ -189,8 +195,7 @@ def _inputs(path: Path, data: DictConfig) -> Iterator[tuple[str, list[str], list
                         yield _pretokenized([str(token) for token in row["tokens"]])
                         continue
                     text = row["text"]
-                spans = word_spans(text)
-                yield text, [text[start:end] for start, end in spans], spans
+                yield _raw(text)
     except UnicodeDecodeError as error:
         raise not_utf8(path) from error
 
@@ -205,6 +210,11 @@ def _json_row(path: Path, line: int, raw: str) -> dict:
         raise DataError(f"{path}:{line}: expected an object with a `tokens` list (pre-tokenized) "
                         f"or a `text` string (raw text)")
     return row
+
+
+def _raw(text: str) -> tuple[str, list[str], list]:
+    spans = word_spans(text)
+    return text, [text[start:end] for start, end in spans], spans
 
 
 def _pretokenized(tokens: list[str]) -> tuple[str, list[str], list]:
@@ -249,13 +259,48 @@ def predict_tagged(run, input_path: Path, output: Path, output_format: str | Non
     bar = Progress(input_path, "conll" if conll_input else "jsonl", progress)
     with atomic_table(output, fmt, ["text", "tokens", "tags", "entities"]) as writer:
         for chunk in chunks(inputs):
-            windows, logits = tagger([words for _, words, _ in chunk])
-            _, predicted = word_tags(windows, logits, [len(words) for _, words, _ in chunk],
-                                     tags)
-            writer.write_rows(prediction_row(*item, sentence_tags)
-                              for item, sentence_tags in zip(chunk, predicted, strict=True))
+            writer.write_rows(tagged_rows(tagger, chunk, tags))
             bar.update(sum(len(words) + 1 for _, words, _ in chunk) if conll_input
                        else len(chunk))
     bar.close()
     log.info("Wrote %d tagged sentences to %s", writer.rows, output)
     return output
+
+
+def tagged_rows(tagger: WindowTagger, chunk: list[tuple[str, list[str], list]],
+                tags: list[str]) -> list[dict]:
+    """The output rows (see `prediction_row`) of a chunk of (text, words, word spans)."""
+    windows, logits = tagger([words for _, words, _ in chunk])
+    _, predicted = word_tags(windows, logits, [len(words) for _, words, _ in chunk], tags)
+    return [prediction_row(*item, sentence_tags)
+            for item, sentence_tags in zip(chunk, predicted, strict=True)]
+
+
+def tag_texts(run, texts: Sequence, checkpoint: str = "export",
+              batch_size: int = BATCH_SIZE) -> list[dict]:
+    """Tag texts in memory with a token-classification run: per text, the row
+    `predict_tagged` writes to a `.jsonl` output.
+
+    Args:
+        run: the opened run.
+        texts: raw strings (cut into words as a line of a raw-text input is) or lists of
+            tokens (pre-tokenized).
+        checkpoint: `export`, `best` or `last`.
+        batch_size: windows per forward pass.
+    """
+    sentences = []
+    for i, item in enumerate(texts):
+        if isinstance(item, str):
+            sentences.append(_raw(item))
+        elif isinstance(item, Sequence) and all(isinstance(token, str) for token in item):
+            sentences.append(_pretokenized(list(item)))
+        else:
+            raise ConfigError(f"`texts[{i}]` must be a string or a list of tokens for a "
+                              f"token-classification run. Received: {item!r}")
+        if not sentences[-1][1]:  # a raw-text input skips blank lines: no row to give
+            raise DataError(f"`texts[{i}]`: no words to tag. Received: {item!r}")
+    if not sentences:
+        return []
+    tagger = WindowTagger(load_model(run, checkpoint), run.config.data, batch_size)
+    return [row for chunk in chunks(sentences)
+            for row in tagged_rows(tagger, chunk, run.task.label_names)]
