@@ -2,9 +2,14 @@
 
 import json
 import math
+import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 TINY = [
     "model.num_layers=2", "model.num_heads=2", "model.embedding_dim=16", "model.hidden_dim=32",
@@ -15,8 +20,9 @@ QUICK = ["bench.windows=1", "bench.window_seconds=0.01", "bench.min_window_steps
          "bench.matmul_size=128", "bench.matmul_seconds=0.1"]
 
 
-def _check(written: dict) -> None:
+def _check(written: dict, wall_seconds: float) -> None:
     if written["config"].get("task") is None:  # mode=predict
+        _check_predict(written)
         return
     for loop in ("app", "bare_keras_hub"):
         for measure in ("examples_per_second", "padded_mfu", "real_mfu",
@@ -25,20 +31,53 @@ def _check(written: dict) -> None:
             assert 0 < value["min"] <= value["median"] <= value["max"], (loop, measure)
             assert math.isfinite(value["max"])
         assert written[loop]["real_mfu"]["median"] <= written[loop]["padded_mfu"]["median"]
-    assert len(written["window_seconds"]["app"]) == len(written["window_seconds"]["bare"])
-    assert written["app_over_bare"]["median"] > 0
+    seconds = written["window_seconds"]
+    assert len(seconds["app"]) == len(seconds["bare"]) == written["windows"]
+    # Both loops ran the same batches: app / bare speed is bare / app time, window by window,
+    # and each window's examples/s is its examples over its seconds.
+    ratios = [bare / app for app, bare in zip(seconds["app"], seconds["bare"], strict=True)]
+    assert written["app_over_bare"]["median"] == pytest.approx(statistics.median(ratios))
+    examples = written["first_window_batches"]["examples"]
+    for loop, times in (("app", seconds["app"]), ("bare_keras_hub", seconds["bare"])):
+        rates = written[loop]["examples_per_second"]
+        assert rates["max"] == pytest.approx(examples / min(times))
+        assert rates["min"] == pytest.approx(examples / max(times))
     assert written["pipeline"]["cached_examples_per_second"] > 0
-    assert written["startup_to_first_step_seconds"] > 0
-    assert written["peak_rss_mb"] > 0
+    # Start-up: its phases, each measured, add up to the process age at the first step, which
+    # is within the command's own wall time.
+    startup = written["startup_seconds"]
+    assert set(startup) == {"imports_and_config", "strategy_and_session", "data_read",
+                             "tokenizer", "pipelines", "model_build", "first_step", "total"}
+    assert all(value > 0 for value in startup.values()), startup
+    assert sum(startup.values()) - startup["total"] == pytest.approx(startup["total"])
+    assert startup["total"] == written["startup_to_first_step_seconds"] < wall_seconds
+    # Peak RSS in MB: TensorFlow alone takes hundreds; below the machine's memory.
+    memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    assert 200 < written["peak_rss_mb"] < memory_mb
+
+
+def _check_predict(written: dict) -> None:
+    """Each loop's examples/s is the texts over its times; the bucketed / full-length ratio is
+    that of their times, round by round."""
+    for loop in ("app_bucketed", "app_full_length", "bare_bucketed", "bare_full_length"):
+        seconds, rates = written[loop]["seconds"], written[loop]["examples_per_second"]
+        assert rates["max"] == pytest.approx(written["examples"] / seconds["min"])
+        assert rates["min"] == pytest.approx(written["examples"] / seconds["max"])
+    if written["rounds"] == 1:
+        full, bucketed = (written[f"app_{mode}"]["seconds"]["median"]
+                          for mode in ("full_length", "bucketed"))
+        assert written["app_bucketed_over_full_length"]["median"] == \
+            pytest.approx(full / bucketed)
 
 
 def run_bench(out: Path, *args: str) -> tuple[dict, str]:
     """`python -m app.bench <args> bench.out=<out>` as a user runs it: its report and stdout."""
+    started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "app.bench", *args, f"bench.out={out}"],
                             cwd=out.parent, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "bench.json").read_text())
-    _check(report)
+    _check(report, time.perf_counter() - started)
     return report, result.stdout
 
 
@@ -77,9 +116,6 @@ def test_bench_predict_times_both_bucketing_modes(tmp_path):
     assert tokens["bucketed"]["real_tokens"] == tokens["full_length"]["real_tokens"]
     assert tokens["bucketed"]["padded_tokens"] < tokens["full_length"]["padded_tokens"]
     assert tokens["full_length"]["padded_tokens"] == report["examples"] * 64
-    for loop in ("app_bucketed", "app_full_length", "bare_bucketed", "bare_full_length"):
-        assert report[loop]["examples_per_second"]["median"] > 0
-    assert report["app_bucketed_over_full_length"]["median"] > 0
     assert "app bucketed / full length" in stdout
 
 

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from app.bench.bare import BatchStats, bare_model, for_bare, in_memory, take_batches
 from app.bench.timing import (
     BetweenWindows,
+    StartupPhases,
     WindowTimer,
     iterate,
     matmul_peak,
@@ -131,18 +132,23 @@ def prepare(cfg: DictConfig):
     run = RunLayout(out / "run")
     run.root.mkdir(parents=True, exist_ok=True)
     cfg = with_data(cfg, out)
+    phases = StartupPhases()
     validate(cfg)
     check_config(cfg)
     strategy = build_strategy(cfg.strategy)
     start_session(cfg)
-    started = time.perf_counter()
+    phases.done("strategy_and_session")
     task = task_for(cfg)
     task.read_data(run)
+    phases.done("data_read")
     task.build_tokenizer(run)
+    phases.done("tokenizer")
     data = task.build_pipelines(strategy)
+    phases.done("pipelines")
     with strategy.scope():
         model = task.build_model()
-    return out, run, cfg, strategy, task, data, model, time.perf_counter() - started
+    phases.done("model_build")
+    return out, run, cfg, strategy, task, data, model, phases
 
 
 def bench_training(cfg: DictConfig) -> dict:
@@ -152,7 +158,7 @@ def bench_training(cfg: DictConfig) -> dict:
     Args:
         cfg: the composed `conf/bench.yaml` (a training config plus `bench.*`).
     """
-    out, run, cfg, strategy, _, data, model, job_seconds = prepare(cfg)
+    out, run, cfg, strategy, task, data, model, phases = prepare(cfg)
     options = cfg.bench
     pretraining = cfg.data.task == "pretraining"
     flops_args = flops_arguments(model, pretraining, cfg)
@@ -239,11 +245,14 @@ def bench_training(cfg: DictConfig) -> dict:
         "app_over_bare": spread(ratios),
         "window_seconds": {"app": windows["app"], "bare": windows["bare"]},
         "first_window_batches": asdict(total),
+        # A whole epoch of the app's training batches (fine-tuning): real / padded tokens.
+        "padding": task.extra_metrics.get("padding"),
         "matmul_peak_flops_per_second": peaks,
         "pipeline": {**pipeline, "over_model": pipeline["first_pass_examples_per_second"]
                      / statistics.median(a["examples_per_second"] for a in app)},
-        "job_build_seconds": job_seconds,
         "startup_to_first_step_seconds": startup,
+        # Where the start-up goes: imports, data, tokenizer, pipelines, model, first step.
+        "startup_seconds": phases.until_first_step(startup),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "cpu_count": os.cpu_count(),
         "run_dir": str(run.root),
@@ -273,6 +282,9 @@ def table(report: dict) -> str:
         ("windows", f"{report['windows']} x {report['window_steps']} steps, interleaved "
                     f"(app, bare, matmul peak); real/padded tokens "
                     f"{first['real_tokens'] / first['padded_tokens']:.2f}"),
+        ("real/padded tokens, epoch", "not measured (pretraining)" if not report["padding"] else
+         f"{report['padding']['ratio']:.2f} ({report['padding']['real_tokens']} of "
+         f"{report['padding']['padded_tokens']})"),
         ("app examples/s", spread_text(app["examples_per_second"])),
         ("bare keras-hub examples/s", spread_text(bare["examples_per_second"])),
         ("app / bare", spread_text(report["app_over_bare"], "{:.3f}")),

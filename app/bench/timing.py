@@ -23,6 +23,30 @@ def process_age() -> float:
 _IMPORTED = time.perf_counter()
 
 
+class StartupPhases:
+    """Seconds of the consecutive phases from process start to the first training step.
+
+    The first phase, `imports_and_config`, runs from the process start to this object's
+    creation (Python, TensorFlow, Keras and keras-hub imports, Hydra's composition); each
+    `done(name)` closes the phase since the previous one.
+    """
+
+    def __init__(self):
+        self.seconds = {"imports_and_config": process_age()}
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._last
+        self._last = now
+
+    def until_first_step(self, first_step_age: float) -> dict:
+        """The phases, the first step itself (tracing, compiling and running it: what is left
+        of `first_step_age`, the process age at its end) and their total."""
+        first_step = first_step_age - sum(self.seconds.values())
+        return {**self.seconds, "first_step": first_step, "total": first_step_age}
+
+
 class WindowTimer(keras.callbacks.Callback):
     """Wall time of each epoch (a timed window); with `first_step`, also the end of batch 1.
 
