@@ -49,9 +49,10 @@ def test_wider_models_have_lower_peaks():
 
 def test_measured_peaks():
     """albert_small's from-scratch peak is the one measured on TREC (2e-3 collapsed to one class,
-    5e-4 learned); albert_tiny keeps the one measured on the shipped sample."""
+    5e-4 learned); albert_tiny's on the shipped sample with data-chosen buckets (2e-3 collapsed
+    on one seed of three, 1e-3 learned on all three)."""
     assert compose_config("model=albert_small").optimizer.learning_rate == 5e-4
-    assert compose_config("model=albert_tiny").optimizer.learning_rate == 2e-3
+    assert compose_config("model=albert_tiny").optimizer.learning_rate == 1e-3
 
 
 def texts_with_distinct_words(count: int) -> list[str]:
