@@ -181,5 +181,10 @@ def test_length_bucketing_keeps_epochs_exact_and_resumable():
     assert sorted(i for _, ids in batches[:38] for i in ids) == list(range(count))
     assert {width for width, _ in batches} == {8, 16, 24}
     assert all(lengths[ids].max() <= width for width, ids in batches)
+    # A bucket's batches mix its lengths (not one narrow range each, as sorting by length
+    # would give): labels that follow length must not make label-pure batches.
+    spans = [np.ptp(lengths[ids]) for width, ids in batches if width == 24 and len(ids) == batch
+             and lengths[ids].min() > 16]
+    assert len(spans) > 5 and np.mean(spans) > 4, spans
     resumed = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(5)]
     assert resumed == batches[5:]

@@ -147,4 +147,4 @@ def test_topics_recipe_learns_every_label(tmp_path):
     all_labels_f1 = float(np.mean(2 * share / (1 + share)))  # macro-F1 of predicting every label
     final = train(cfg, tmp_path / "run")["final"]
     assert final["val_macro_f1"] > all_labels_f1 + 0.2, (final, all_labels_f1)
-    assert final["val_micro_f1"] > 0.7 and final["val_exact_match"] > 0.4, final
+    assert final["val_micro_f1"] > 0.7 and final["val_exact_match"] > 0.3, final

@@ -220,6 +220,20 @@ def load_backbone(preset: str, key: str = "model.preset") -> keras_hub.models.Al
     return backbone
 
 
+def preset_positions(preset: str, key: str = "model.preset") -> int:
+    """The length of a preset's position table (its `max_sequence_length`), from its config
+    alone (no weights read)."""
+    folder = local_preset(preset, key)
+    try:
+        if _is_transformers_folder(folder, key):
+            return int(transformers_format.read_config(folder, key)["max_position_embeddings"])
+        config = preset_utils.load_json(folder, preset_utils.CONFIG_FILE)
+        return int(config["config"]["max_sequence_length"])
+    except (OSError, KeyError, ValueError) as error:
+        raise ConfigError(f"`{key}` {preset!r} has no readable max_sequence_length "
+                          f"({type(error).__name__}: {error})") from error
+
+
 def load_heads(model: keras.Model, preset: str, key: str = "model.preset") -> list[str]:
     """Load the heads a transformers checkpoint holds for `model` (classifier, MLM, SOP).
 
