@@ -22,3 +22,8 @@ class Preempted(Exception):  # noqa: N818 (a stop, not an error)
     def __init__(self, step: int):
         super().__init__(f"stopped by a signal after step {step}")
         self.step = step
+
+
+class WorkerLost(AppError):
+    """A worker of a multi-worker run died or stopped answering: every worker stopped, and the
+    run resumes from its last saved state."""

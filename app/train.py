@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 
 from app.config.instantiate import check_config
 from app.config.validate import optimized_metric, validate
-from app.errors import Preempted
+from app.errors import Preempted, WorkerLost
 from app.runs.layout import RunLayout
+from app.runs.loggers import log_finished_run
 from app.runs.record import (
     Heartbeat,
     capture_env,
@@ -26,6 +27,7 @@ from app.runs.record import (
 )
 from app.runtime.cluster import is_chief
 from app.runtime.console import command, sweep_policy
+from app.runtime.multi_worker import lost_worker_ends_run, meet_workers
 from app.runtime.strategy import build_strategy, check_global_batch
 from app.tasks import task_for
 from app.training.best import restore_best
@@ -52,6 +54,7 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
     strategy = build_strategy(cfg.strategy)
     start_session(cfg)
     check_global_batch(cfg.trainer.batch_size, strategy)
+    meet_workers(cfg, strategy, layout.root)  # multi-worker: the same config on every worker
 
     # === Data, tokenizer, pipelines ===
     task = task_for(cfg)
@@ -129,6 +132,7 @@ def run_training(cfg: DictConfig, layout: RunLayout) -> dict:
         **task.extra_metrics,
     }
     write_json(layout.metrics, metrics)
+    log_finished_run(configured)  # MLflow: final metrics and artifacts, after the export
     return metrics
 
 
@@ -136,7 +140,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate, train, evaluate and export one run into `run_dir`; return its metrics.
 
     The folder's `status.json` says `running` (with host, process id and a heartbeat renewed
-    while it trains), then `completed`, `preempted` (with the step) or `failed` with the error.
+    while it trains), then `completed`, `preempted` (with the step), `interrupted` (a worker of
+    a multi-worker run was lost) or `failed` with the error.
 
     Args:
         cfg: the composed config (see `conf/train.yaml`).
@@ -148,7 +153,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("Non-chief worker: writing to scratch folder %s", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        with Heartbeat(run_dir):
+        with Heartbeat(run_dir), lost_worker_ends_run(cfg.strategy, run_dir):
             validate(cfg)
             check_config(cfg)
             if not cfg.resume:  # a resume keeps the config its run started with
@@ -156,6 +161,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             metrics = run_training(cfg, RunLayout(run_dir))
     except Preempted as stop:
         write_status(run_dir, "preempted", step=stop.step)
+        raise
+    except WorkerLost as lost:
+        write_status(run_dir, "interrupted", error=str(lost))
         raise
     except BaseException as error:
         write_status(run_dir, "failed", error=f"{type(error).__name__}: {error}")
@@ -169,17 +177,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     return metrics
 
 
+def train_job(cfg: DictConfig) -> dict:
+    """One run as a Hydra job (of `albert-train` or `app.api.train`): a new run, or with
+    `resume` that run's saved config, trained into the job's output folder; returns its metrics.
+
+    Args:
+        cfg: the composed config, inside a Hydra job (`HydraConfig` names the run folder).
+    """
+    run_cfg = resumed_config(cfg.resume) if cfg.resume else cfg
+    return train(run_cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
 @command("train")
 def main(cfg: DictConfig) -> float:
     """`albert-train [overrides]`: train one run (or a sweep with -m); returns the optimized
     metric to Hydra's sweepers."""
-
-    def job() -> float:
-        run_cfg = resumed_config(cfg.resume) if cfg.resume else cfg
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
-        return train(run_cfg, run_dir)["optimized_metric"]["value"]
-
-    return sweep_policy(job)
+    return sweep_policy(lambda: train_job(cfg)["optimized_metric"]["value"])
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The schemas give every YAML key a type, so Hydra rejects unknown keys and wrong 
 composing; app.config.validate then checks the rules that span several keys.
 """
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -12,7 +13,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from app.runtime.cluster import is_chief
+from app.runtime.cluster import is_chief, task_index
 
 
 @dataclass
@@ -37,6 +38,9 @@ class ModelConfig:
     # (e.g. bert-base-chinese's vocab.txt for ckiplab's Chinese ALBERTs).
     tokenizer: str | None = None
     classifier_dropout: float = 0.1
+    # LoRA fine-tuning (app.models.lora): adapters of this rank on the attention's query and
+    # value projections, the rest of the backbone frozen, the head trained; null: off.
+    lora_rank: int | None = None
     # Peak learning rates measured for this shape (the optimizer's default follows them, see
     # `peak_learning_rate`): from random init, and fine-tuning a pretrained `preset`.
     learning_rate: float = 5e-4
@@ -56,15 +60,20 @@ class DataConfig:
     text_column: str = "sentence"
     text_pair_column: str | None = None
     label_column: str = "label"
-    sequence_length: int = 128
+    # Fine-tuning, null: chosen from the training split (99% of examples whole, a multiple of 8,
+    # at most the model's position table) and saved in the run's config.yaml. Pretraining: set.
+    sequence_length: int | None = None
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     shuffle_buffer: int = 100_000
-    # Fine-tuning: batch similar lengths together, cut padding to these lengths (null: off).
+    # Fine-tuning: batch similar lengths together, cut padding to these lengths (null: chosen
+    # from the training split's lengths, to pad least; []: off, every batch padded to
+    # sequence_length).
     bucket_boundaries: list[int] | None = None
     # Imbalanced labels: `balanced` weighs each training example by n / (classes * n_class).
     class_weight: str | None = None
-    # The positive class of binary F1 (null: the minority class of the training split).
+    # The positive class of binary F1 (null: `1` of 0/1 labels, or positive/true/yes; else the
+    # minority class of the whole training file).
     positive_label: str | None = None
     # Token classification (task: token_classification; format conll or jsonl, see
     # app.data.tagged): CoNLL columns by index; JSONL lists in text_column / label_column.
@@ -152,6 +161,10 @@ class StrategyConfig:
     devices: list[str] | None = None
     cpu_devices: int | None = None
     tpu_address: str | None = None
+    # multi_worker (see conf/strategy/multi_worker.yaml and docs/cluster.md).
+    port: int = 12345
+    timeout_seconds: int = 30
+    start_timeout_seconds: int = 900
 
 
 @dataclass
@@ -347,6 +360,14 @@ def resume_or(resume: str | None, new: str) -> str:
     return resume if resume and is_chief() else new
 
 
+def job_subdir(num: int, resume: str | None) -> str:
+    """hydra.sweep.subdir: the job's number; a resumed job's own run folder (an absolute path
+    replaces the sweep folder); another task of a multi-worker job logs in `<num>_task<k>`."""
+    if not is_chief():
+        return f"{num}_task{task_index()}"
+    return os.path.abspath(resume) if resume else str(num)
+
+
 def hydra_subdir(resume: str | None) -> str:
     """Where Hydra saves the config: `.hydra`, or a new `.hydra/resume-<time>` on resume."""
     return f".hydra/resume-{datetime.now():%Y-%m-%d_%H-%M-%S}" if resume else ".hydra"
@@ -367,3 +388,5 @@ def register_configs() -> None:
     if not OmegaConf.has_resolver("resume_or"):
         OmegaConf.register_new_resolver("resume_or", resume_or)
         OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir)
+    if not OmegaConf.has_resolver("job_subdir"):
+        OmegaConf.register_new_resolver("job_subdir", job_subdir)

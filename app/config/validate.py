@@ -5,6 +5,7 @@ received and what is expected.
 """
 
 import re
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 from app.data.pretraining.corpus import expand_files
 from app.data.text.word_units import SEGMENTERS
 from app.errors import ConfigError
+from app.runtime.cluster import no_cluster_hint, resolve_cluster
 
 TASKS = ("classification", "regression", "token_classification", "multilabel", "pretraining")
 FORMATS = ("tsv", "csv", "jsonl")
@@ -66,10 +68,11 @@ def _check_file(key: str, path: Path) -> None:
     _check(path.is_file(), f"`{key}` does not exist or is not a file. Received: '{path}'")
 
 
-def _validate_model(model: DictConfig, sequence_length: int) -> None:
+def _validate_model(model: DictConfig, sequence_length: int | None) -> None:
     for key in ("learning_rate", "preset_learning_rate"):
         _check(model[key] > 0, f"`model.{key}` must be > 0. Received: {model[key]}")
     _check_one_of("model.activation", model.activation, ACTIVATIONS)
+    _check_at_least("model.lora_rank", model.lora_rank, 1)
     if model.tokenizer is not None:
         _check(Path(model.tokenizer).is_dir(),
                f"`model.tokenizer` must be a folder holding vocab.txt or spiece.model. "
@@ -97,7 +100,7 @@ def _validate_model(model: DictConfig, sequence_length: int) -> None:
         f"Received: hidden_dim={model.hidden_dim}, num_heads={model.num_heads}",
     )
     _check(
-        sequence_length <= model.max_sequence_length,
+        sequence_length is None or sequence_length <= model.max_sequence_length,
         f"`data.sequence_length` must be <= `model.max_sequence_length` "
         f"({model.max_sequence_length}). Received: {sequence_length}",
     )
@@ -116,7 +119,8 @@ def _validate_data(data: DictConfig) -> None:
         _check_one_of("data.format", data.format, TAGGED_FORMATS)
         _check_one_of("data.tag_scheme", data.tag_scheme, TAG_SCHEMES)
         _check_at_least("data.window_stride", data.window_stride, 1)
-        _check(data.window_stride is None or data.window_stride <= data.sequence_length - 2,
+        _check(data.window_stride is None or data.sequence_length is None
+               or data.window_stride <= data.sequence_length - 2,
                f"`data.window_stride` must be <= `data.sequence_length` - 2 (the pieces of one "
                f"window). Received: {data.window_stride}")
         _check(data.text_pair_column is None, "`data.text_pair_column` must be null for "
@@ -136,9 +140,10 @@ def _validate_data(data: DictConfig) -> None:
     _check_at_least("data.max_eval_examples", data.max_eval_examples, 1)
     _check_at_least("data.shuffle_buffer", data.shuffle_buffer, 1)
     boundaries = list(data.bucket_boundaries or [])
+    # A null length is chosen later; boundaries not below it are dropped then (choose_lengths).
+    longest = data.sequence_length or float("inf")
     _check(
-        boundaries == sorted(set(boundaries)) and all(0 < b < data.sequence_length
-                                                      for b in boundaries),
+        boundaries == sorted(set(boundaries)) and all(0 < b < longest for b in boundaries),
         f"`data.bucket_boundaries` must be ascending lengths below `data.sequence_length` "
         f"({data.sequence_length}). Received: {boundaries}",
     )
@@ -175,6 +180,9 @@ def _validate_prepared(data: DictConfig) -> None:
 
 
 def _validate_pretraining_data(data: DictConfig) -> None:
+    _check(data.sequence_length is not None,
+           "`data.sequence_length` must be set for pretraining (pairs are packed to it). "
+           "Received: None")
     if data.prepared:
         _validate_prepared(data)
         return
@@ -203,6 +211,31 @@ def _validate_pretraining_data(data: DictConfig) -> None:
            f"({data.sequence_length}). Received: {data.max_predictions}")
     _check_regex("data.document_pattern", data.document_pattern)
     _check_regex("data.skip_pattern", data.skip_pattern)
+
+
+def _validate_strategy(strategy: DictConfig) -> None:
+    _check_one_of("strategy.name", strategy.name, STRATEGIES)
+    _check_at_least("strategy.cpu_devices", strategy.cpu_devices, 1)
+    _check(0 < strategy.port < 65536, f"`strategy.port` must be a TCP port (1-65535). "
+                                      f"Received: {strategy.port}")
+    _check_at_least("strategy.timeout_seconds", strategy.timeout_seconds, 1)
+    _check_at_least("strategy.start_timeout_seconds", strategy.start_timeout_seconds, 1)
+    if strategy.name == "auto":
+        return
+    try:
+        cluster = resolve_cluster(strategy.port)
+    except ConfigError:
+        if strategy.name == "multi_worker":
+            raise
+        cluster = None  # another strategy trains alone; SLURM's step layout does not matter
+    if strategy.name == "multi_worker":
+        _check(cluster is not None, f"`strategy.name` is 'multi_worker' but the environment "
+                                    f"names no cluster: {no_cluster_hint()}")
+    elif cluster and len(cluster.workers) > 1:
+        raise ConfigError(f"{len(cluster.workers)} processes were started as one {cluster.source} "
+                          f"job (this is worker {cluster.index}) but `strategy.name` is "
+                          f"{strategy.name!r}, which trains each alone: set strategy=multi_worker "
+                          f"(or auto), or start one process")
 
 
 def _validate_trainer(trainer: DictConfig) -> None:
@@ -234,10 +267,16 @@ def validate(cfg: DictConfig) -> None:
     """
     _validate_data(cfg.data)
     _validate_model(cfg.model, cfg.data.sequence_length)
+    _check(cfg.model.lora_rank is None or cfg.data.task != "pretraining",
+           f"`model.lora_rank` applies to fine-tuning tasks (pretraining's masked-LM head is tied "
+           f"to the token embedding LoRA freezes). Received: lora_rank={cfg.model.lora_rank} "
+           f"with data.task=pretraining (set model.lora_rank=null)")
     _validate_trainer(cfg.trainer)
-    _check_one_of("strategy.name", cfg.strategy.name, STRATEGIES)
-    _check_at_least("strategy.cpu_devices", cfg.strategy.cpu_devices, 1)
+    _validate_strategy(cfg.strategy)
     _check_one_of("direction", cfg.direction, ("maximize", "minimize"))
+    _check(cfg.logger.get("mlflow") is None or find_spec("mlflow") is not None,
+           '`logger=mlflow` needs MLflow, which is not installed: '
+           'pip install "albert-trainer[mlflow]"')
     _check_one_of("tokenizer.model_type", cfg.tokenizer.model_type, ("unigram", "bpe"))
     _check_at_least("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16)
     _check_one_of("tokenizer.kind", cfg.tokenizer.kind, TOKENIZER_KINDS)

@@ -39,7 +39,7 @@ CONNECT_SECONDS = 5.0  # to find a tracking server unreachable once, at the star
 # the user set them.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # MLflow's status of a run by what the run folder's status.json says when the process exits.
-END_STATUS = {"completed": "FINISHED", "preempted": "KILLED"}
+END_STATUS = {"completed": "FINISHED", "preempted": "KILLED", "interrupted": "KILLED"}
 
 
 class EpochCsv(keras.callbacks.CSVLogger):

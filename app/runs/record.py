@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 from omegaconf import DictConfig, OmegaConf
 
 from app.runs.layout import RunLayout
+from app.runtime.cluster import Cluster, cluster_source
 from app.runtime.cpu import APPLIED, MALLOC_ENV, ONEDNN
 
 if TYPE_CHECKING:  # app.runs.read imports this module and needs no TensorFlow
@@ -84,7 +85,8 @@ HEARTBEAT_SECONDS = 30.0  # how often a running run rewrites its status.json
 
 
 def write_status(run_dir: Path, status: str, **details) -> None:
-    """Record whether the run is `running`, `completed` or `failed` (with an error)."""
+    """Record whether the run is `running`, `completed`, `preempted`, `interrupted` (a lost
+    worker) or `failed` (with an error)."""
     write_json(RunLayout(run_dir).status, {"status": status, **details})
 
 
@@ -165,6 +167,17 @@ def _versions() -> dict:
     return versions
 
 
+def _cluster(strategy: "tf.distribute.Strategy") -> dict | None:
+    """A multi-worker run's cluster: where it was read, every worker's address, this one's."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None
+    resolver = strategy.cluster_resolver
+    return Cluster(cluster_source(), resolver.cluster_spec().as_dict(), resolver.task_type,
+                   resolver.task_id).describe()
+
+
 def capture_env(strategy: "tf.distribute.Strategy", seed: int) -> dict:
     """Everything needed to tell how and where a run ran."""
     import tensorflow as tf
@@ -183,6 +196,7 @@ def capture_env(strategy: "tf.distribute.Strategy", seed: int) -> dict:
         },
         "strategy": {"class": type(strategy).__name__,
                      "num_replicas": strategy.num_replicas_in_sync},
+        "cluster": _cluster(strategy),
         # The CPU settings in force: the environment's, and what app.runtime.cpu set.
         "cpu_settings": {"environment": {name: os.environ[name] for name in (ONEDNN, *MALLOC_ENV)
                                          if name in os.environ},

@@ -19,6 +19,9 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
+from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -94,10 +97,54 @@ def check_override_keys(overrides: list[str], schema: type, groups: list[str]) -
                 break
 
 
-def _fail(error: AppError) -> None:
-    """One line on the terminal; the traceback only in the log file (unless HYDRA_FULL_ERROR)."""
+def log_error(error: AppError) -> None:
+    """Log a user error as one line, and its traceback to the `app.traceback` logger (which
+    Hydra's job logging sends to the log file only)."""
     log.error("%s", error)
     logging.getLogger("app.traceback").debug("Traceback of the error above", exc_info=error)
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the names of conf/<group>/*.yaml."""
+    return sorted(entry.name.removesuffix(".yaml")
+                  for entry in resources.files("app.conf").joinpath(group).iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def check_group_options(overrides: list[str], groups: list[str]) -> None:
+    """Refuse a config group option that conf/ lacks (`logger=[tensorboard,foo]`), naming the
+    group's options: Hydra's message spans lines, and for a list of options names none.
+
+    Args:
+        overrides: command-line arguments; `group=...` ones of `groups` are checked (an
+            option, a list of them, or a sweep's choices).
+        groups: the command's config groups.
+    """
+    parser = OverridesParser.create()
+    for text in overrides:
+        if text.startswith("-") or "=" not in text:
+            continue
+        try:
+            override = parser.parse_override(text)
+        except OverrideParseException:
+            continue  # Hydra says what it cannot parse
+        value = override.value()
+        if override.key_or_group not in groups or (
+                override.is_sweep_override() and not isinstance(value, ChoiceSweep)):
+            continue
+        values = value.list if isinstance(value, ChoiceSweep) else [value]
+        names = [name for item in values for name in (item if isinstance(item, list) else [item])]
+        options = group_options(override.key_or_group)
+        unknown = [str(name) for name in names if name is not None and str(name) not in options]
+        if unknown:
+            raise ConfigError(f"unknown option `{unknown[0]}` for config group "
+                              f"`{override.key_or_group}`. Received: {text!r}; expected one "
+                              f"of {options}")
+
+
+def _fail(error: AppError) -> None:
+    """One line on the terminal; the traceback only in the log file (unless HYDRA_FULL_ERROR)."""
+    log_error(error)
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
     sys.exit(f"error: {error}")
@@ -131,6 +178,7 @@ def command(config_name: str) -> Callable[[Callable], Callable[[], Any]]:
             register_configs()
             try:
                 check_override_keys(sys.argv[1:], schema, config_groups(schema))
+                check_group_options(sys.argv[1:], config_groups(schema))
             except ConfigError as error:
                 sys.exit(f"error: {error}")
             return app()

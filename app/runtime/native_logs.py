@@ -20,6 +20,13 @@ NATIVE_LINE = re.compile(
     # The second line of cpu_feature_guard's start-up message.
     rb"|To enable the following instructions: .* rebuild TensorFlow with)"
 )
+# The unindented lines of a multi-line status message in a native line (a lost worker's
+# collective abort, a coordination-service error): they follow it and are dropped with it.
+STATUS_CONTINUATION = re.compile(
+    rb"^(?:$|/job:|RPC: |Additional GRPC error|:UNKNOWN:|# of tasks|Original error"
+    rb"|Some timed out|The (?:tasks have|error could be|first task)|This (?:usually|is usually)"
+    rb"|Consider setting)"
+)
 _installed = False
 
 
@@ -29,12 +36,14 @@ def is_native_log_line(line: bytes) -> bool:
 
 
 def drop_native_lines(lines: list[bytes], after_native: bool) -> tuple[list[bytes], bool]:
-    """The lines to keep: neither native log lines nor their indented continuation lines (an
-    op error's `\t [[{{node ...}}]]`); `after_native` says whether the line before `lines` was
-    dropped as native, and the second value whether the last line was."""
+    """The lines to keep: neither native log lines nor their continuation lines (an op error's
+    indented `\t [[{{node ...}}]]`, a status message's STATUS_CONTINUATION); `after_native` says
+    whether the line before `lines` was dropped as native, and the second value whether the
+    last line was."""
     kept = []
     for line in lines:
-        after_native = is_native_log_line(line) or (after_native and line[:1] in (b"\t", b" "))
+        after_native = is_native_log_line(line) or (after_native and (
+            line[:1] in (b"\t", b" ") or STATUS_CONTINUATION.match(line) is not None))
         if not after_native:
             kept.append(line)
     return kept, after_native

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from app.errors import ConfigError
 from app.runtime.cluster import cluster_workers
-from app.runtime.multi_worker import patch_keras_for_multi_worker
+from app.runtime.multi_worker import multi_worker_strategy
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,9 @@ def _auto_name(gpus: list) -> str:
 def build_strategy(strategy_cfg) -> tf.distribute.Strategy:
     """Build the strategy named by `strategy.name` (cpu|gpu|mirrored|multi_worker|tpu|auto).
 
-    `auto` picks a TPU when `TPU_NAME` is set, MultiWorkerMirroredStrategy when `TF_CONFIG`
-    names several workers, MirroredStrategy on several GPUs, one GPU, else the CPU.
+    `auto` picks a TPU when `TPU_NAME` is set, MultiWorkerMirroredStrategy when the
+    environment names a cluster of several workers (TF_CONFIG, SLURM, submitit),
+    MirroredStrategy on several GPUs, one GPU, else the CPU.
     Must run before anything creates variables.
     """
     if strategy_cfg.cpu_devices:
@@ -78,13 +79,10 @@ def build_strategy(strategy_cfg) -> tf.distribute.Strategy:
     devices = list(strategy_cfg.devices) if strategy_cfg.devices else None
     if name == "gpu" and not gpus:
         raise ConfigError("`strategy.name` is 'gpu' but TensorFlow sees no GPU")
-    if name == "multi_worker" and cluster_workers() < 1:
-        raise ConfigError("`strategy.name` is 'multi_worker' but `TF_CONFIG` names no workers")
     if name == "tpu":
         strategy = _tpu_strategy(strategy_cfg.tpu_address)
     elif name == "multi_worker":
-        patch_keras_for_multi_worker()
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = multi_worker_strategy(strategy_cfg)
     elif name == "mirrored":
         strategy = tf.distribute.MirroredStrategy(devices)
     else:
