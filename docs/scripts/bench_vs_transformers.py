@@ -13,7 +13,8 @@ threads or memory linger in the other's):
 
 Both use every core (torch's intra-op threads = os.cpu_count()). Run it on a quiet machine.
 
-Usage (transformers and torch from the `interop` extra):
+Usage (transformers and torch from the `interop` extra, plus `pip install accelerate`, which
+transformers' Trainer needs):
     python docs/scripts/bench_vs_transformers.py --data ../shared/data/sst2 --examples 4000
     python docs/scripts/bench_vs_transformers.py --data ../shared/data/chnsenticorp \
         --text-column text
@@ -107,7 +108,7 @@ def main() -> None:
         config = subprocess.run(
             [sys.executable, "-c", "import json, sys; from omegaconf import OmegaConf; "
              "print(json.dumps(OmegaConf.to_container(OmegaConf.load(sys.argv[1]), "
-             "resolve=True)))", str(run / ".hydra/config.yaml")],
+             "resolve=True)))", str(run / "config.yaml")],
             check=True, capture_output=True, text=True).stdout
         (run / ".hydra/config.json").write_text(config)
         hf = subprocess.run(
