@@ -199,6 +199,7 @@ def test_a_shorter_preset_position_table_caps_the_length(tmp_path):
 
 # === Resume ===
 
+@pytest.mark.slow
 def test_a_resume_reuses_the_chosen_lengths_and_is_step_exact(tmp_path):
     data = write_splits(tmp_path / "data", ("sentence", "label"), synthetic.sentiment_rows,
                         208, 11)  # 13 steps an epoch

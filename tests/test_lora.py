@@ -198,6 +198,7 @@ def test_best_epoch_restore_gives_back_the_best_epochs_outputs(trained):
     assert_same_outputs(forward(model, features), expected, later, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_preempted_lora_run_resumes_step_exact(tmp_path):
     data_dir = write_splits(tmp_path / "data", ("sentence", "label"), synthetic.sentiment_rows,
                             160, seed=11)
