@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,21 @@ def test_errors(tmp_path, monkeypatch):
         report(tmp_path)
     assert run_command(monkeypatch, main).startswith("error: `input` is required.")
     assert find_runs(tmp_path) == []
+
+
+def test_find_runs_survives_a_folder_removed_mid_walk(tmp_path, monkeypatch):
+    """A live run rotates its checkpoints while albert-report walks the sweep."""
+    sweep = tmp_path / "sweep"
+    for job in range(2):
+        write_run(sweep / str(job), [f"seed={job}"], "running")
+    rotated = sweep / "0/checkpoints/state/step-000000006"
+    rotated.mkdir(parents=True)
+    real_scandir = os.scandir
+
+    def scandir_after_rotation(path):
+        if Path(path) == rotated:
+            rotated.rmdir()
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir_after_rotation)
+    assert [run.path.name for run in find_runs(sweep)] == ["0", "1"]

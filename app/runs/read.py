@@ -153,8 +153,10 @@ def find_runs(root: str | Path) -> list[Run]:
     if not root.is_dir():
         raise ConfigError(f"run folder does not exist. Received: '{root}'; expected a run folder, "
                           f"a sweep folder or an experiments tree")
-    folders = sorted((p.parent for p in root.rglob(STATUS_FILE)), key=_natural_key)
-    return [read_run(folder) for folder in folders]
+    # os.walk skips folders that vanish mid-walk (a live run rotating its checkpoints),
+    # where Path.rglob raises FileNotFoundError.
+    found = (Path(folder) for folder, _, files in os.walk(root) if STATUS_FILE in files)
+    return [read_run(folder) for folder in sorted(found, key=_natural_key)]
 
 
 def _natural_key(path: Path) -> list:
