@@ -4,11 +4,13 @@ the refusals of bad lengths."""
 
 import itertools
 import json
+import math
 import random
 import signal
 from pathlib import Path
 
 import keras_hub
+import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import TINY, compose_config, write_splits
@@ -26,7 +28,7 @@ from app.data.lengths import (
     quantile,
     truncated,
 )
-from app.data.pipeline import packed_lengths, tokenized
+from app.data.pipeline import epoch_stream, packed_lengths, tokenized
 from app.errors import PREEMPTED_EXIT_CODE, ConfigError
 from app.evaluate import evaluate
 from app.models.backbone import position_table
@@ -34,6 +36,7 @@ from app.predict import predict_texts
 from app.runs.layout import RunLayout
 from app.runs.read import open_run
 from app.tasks import task_for
+from app.tasks.base import choose_lengths
 from app.tasks.inference import load_model
 from app.train import train
 
@@ -111,12 +114,13 @@ def test_a_run_records_the_chosen_lengths_and_its_padding(default_run):
     run_dir, metrics = default_run
     record = json.loads(RunLayout(run_dir).lengths.read_text())
     assert metrics["lengths"] == record
-    assert record["chosen"] == ["sequence_length", "bucket_boundaries"]
-    length, boundaries = record["sequence_length"], record["bucket_boundaries"]
+    assert record["chosen"] == ["padding", "sequence_length"]
+    length = record["sequence_length"]
     assert length % MULTIPLE == 0 and record["coverage"] >= 0.99 and record["examples"] == 192
-    assert boundaries == sorted(boundaries) and all(b < length for b in boundaries)
+    assert (record["padding"], record["bucket_boundaries"]) == ("longest", None)
     saved = OmegaConf.load(run_dir / "config.yaml").data  # what evaluate, predict, resume read
-    assert (saved.sequence_length, list(saved.bucket_boundaries)) == (length, boundaries)
+    assert (saved.sequence_length, saved.padding, saved.bucket_boundaries) == \
+        (length, "longest", None)
     padding = metrics["padding"]
     assert 0 < padding["real_tokens"] <= padding["padded_tokens"]
     assert padding["ratio"] == pytest.approx(padding["real_tokens"] / padding["padded_tokens"])
@@ -146,21 +150,71 @@ def padding_of(cfg, run_dir: Path) -> dict:
     return task.extra_metrics["padding"]
 
 
-def test_empty_boundaries_turn_bucketing_off_and_pad_to_the_length(tmp_path, sentiment_dir):
+def test_longest_pads_least_then_buckets_then_full_length(tmp_path, sentiment_dir):
     common = [*DEFAULTS, "data=tsv", f"data.dir={sentiment_dir}"]
-    bucketed = padding_of(compose_config(*common), tmp_path / "bucketed")
+    longest = padding_of(compose_config(*common), tmp_path / "longest")
+    cfg = compose_config(*common, "data.padding=buckets")
+    buckets = padding_of(cfg, tmp_path / "buckets")
+    assert cfg.data.bucket_boundaries, "boundaries chosen from the data"
     cfg = compose_config(*common, "data.bucket_boundaries=[]")
     full = padding_of(cfg, tmp_path / "full")
-    assert cfg.data.bucket_boundaries == [] and cfg.data.sequence_length % MULTIPLE == 0
-    assert full["real_tokens"] == bucketed["real_tokens"]
+    assert (cfg.data.padding, cfg.data.bucket_boundaries) == ("buckets", [])
+    assert cfg.data.sequence_length % MULTIPLE == 0
+    assert full["real_tokens"] == buckets["real_tokens"] == longest["real_tokens"]
     assert full["padded_tokens"] == 192 * cfg.data.sequence_length  # every batch full length
-    assert bucketed["ratio"] > full["ratio"]
+    assert longest["ratio"] >= buckets["ratio"] > full["ratio"]
+
+
+@pytest.mark.parametrize("overrides,padding,boundaries", [
+    ([], "longest", None),
+    (["trainer.jit_compile=true"], "buckets", "chosen"),  # XLA: a program per shape
+    (["trainer.jit_compile=auto"], "buckets", "chosen"),
+    (["data.bucket_boundaries=[16]"], "buckets", [16]),  # set: they win
+    (["data.padding=longest", "trainer.jit_compile=true"], "longest", None),
+    (["data.task=multilabel"], "buckets", []),  # length-sorted batches group label counts
+])
+def test_padding_is_chosen_for_the_compiler_and_the_task(tmp_path, overrides, padding,
+                                                         boundaries):
+    cfg = compose_config(*DEFAULTS, "data=tsv", f"data.dir={tmp_path}", *overrides)
+    choose_lengths(cfg, RunLayout(tmp_path / "run"), lambda: [5] * 50 + [20] * 50)
+    assert cfg.data.padding == padding
+    if boundaries == "chosen":
+        assert cfg.data.bucket_boundaries == choose_boundaries([5] * 50 + [20] * 50,
+                                                               cfg.data.sequence_length)
+    else:
+        assert cfg.data.bucket_boundaries == boundaries
+    saved = OmegaConf.load(tmp_path / "run/config.yaml").data
+    assert (saved.padding, saved.bucket_boundaries) == (cfg.data.padding,
+                                                         cfg.data.bucket_boundaries)
+
+
+def test_longest_padding_cuts_each_batch_to_its_longest_and_resumes_exactly():
+    count, length, batch = 300, 24, 8
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, length + 1, count)
+    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
+    features = {"token_ids": mask * 7, "segment_ids": 0 * mask, "padding_mask": mask}
+    examples = tf.data.Dataset.from_tensor_slices((features, np.arange(count))).cache()
+    stream = epoch_stream(examples, count, batch, 1000, seed=7, epochs=2, padding="longest")
+    batches = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(0)]
+    steps = math.ceil(count / batch)
+    assert len(batches) == 2 * steps
+    assert sorted(i for _, ids in batches[:steps] for i in ids) == list(range(count))
+    assert all(lengths[ids].max() == width for width, ids in batches)
+    # Ordered by length: the batches of an epoch (one window here) hold disjoint length ranges.
+    ranges = sorted((lengths[ids].min(), lengths[ids].max()) for _, ids in batches[:steps])
+    assert all(high <= low for (_, high), (low, _) in itertools.pairwise(ranges))
+    widths = [width for width, _ in batches[:steps]]
+    assert widths != sorted(widths)  # the batches themselves come in shuffled order
+    resumed = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(5)]
+    assert resumed == batches[5:]
 
 
 def test_packed_lengths_are_what_the_preprocessor_packs_pairs_included(tmp_path, pair_dir):
     cfg = compose_config(*DEFAULTS, "data=tsv", f"data.dir={pair_dir}",
                          "data.text_column=sentence1", "data.text_pair_column=sentence2",
-                         "data.sequence_length=16")  # short enough to truncate some pairs
+                         "data.sequence_length=16",  # short enough to truncate some pairs
+                         "data.padding=buckets")  # boundaries chosen: the lengths are counted
     task = task_for(cfg)
     task.read_data(RunLayout(tmp_path))
     task.build_tokenizer(RunLayout(tmp_path))
@@ -228,6 +282,8 @@ def test_a_resume_reuses_the_chosen_lengths_and_is_step_exact(tmp_path):
     (["data.bucket_boundaries=[32,16]"], "`data.bucket_boundaries` must be ascending lengths"),
     (["data.sequence_length=32", "data.bucket_boundaries=[16,48]"],
      "below `data.sequence_length` (32). Received: [16, 48]"),
+    (["data.padding=shortest"],
+     "`data.padding` must be one of [None, 'longest', 'buckets']. Received: 'shortest'"),
 ])
 def test_bad_lengths_are_one_line_errors(sentiment_dir, overrides, message):
     cfg = compose_config(*DEFAULTS, "data=tsv", f"data.dir={sentiment_dir}", *overrides)

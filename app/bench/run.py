@@ -231,6 +231,7 @@ def bench_training(cfg: DictConfig) -> dict:
             "model": architecture(model.backbone), "preset": cfg.model.preset,
             "data": cfg.data.name, "task": cfg.data.task,
             "batch_size": cfg.trainer.batch_size, "sequence_length": cfg.data.sequence_length,
+            "padding": cfg.data.get("padding"),
             "bucket_boundaries": (OmegaConf.to_container(cfg.data.bucket_boundaries)
                                   if cfg.data.get("bucket_boundaries") else None),
             "jit_compile": cfg.trainer.jit_compile, "steps_per_execution": spe,
@@ -276,8 +277,9 @@ def table(report: dict) -> str:
     rows = [
         ("model", f"L={model['num_layers']} H={model['hidden_dim']} E={model['embedding_dim']} "
                   f"I={model['intermediate_dim']} ({config['task']}, {config['data']})"),
-        ("batch x length", f"{config['batch_size']} x {config['sequence_length']}, buckets "
-                           f"{config['bucket_boundaries']}, jit {config['jit_compile']}, "
+        ("batch x length", f"{config['batch_size']} x {config['sequence_length']}, padding "
+                           f"{config['padding']} {config['bucket_boundaries'] or ''}, "
+                           f"jit {config['jit_compile']}, "
                            f"steps/exec {config['steps_per_execution']}"),
         ("windows", f"{report['windows']} x {report['window_steps']} steps, interleaved "
                     f"(app, bare, matmul peak); real/padded tokens "

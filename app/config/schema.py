@@ -66,8 +66,12 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     shuffle_buffer: int = 100_000
-    # Fine-tuning: batch similar lengths together, cut padding to these lengths (null: chosen
-    # from the training split's lengths, to pad least; []: off, every batch padded to
+    # Fine-tuning: `longest`: batches of similar lengths, each cut to its longest example;
+    # `buckets`: cut to `bucket_boundaries`. Null: `buckets` under XLA (trainer.jit_compile
+    # true or auto), for multi-label or when bucket_boundaries is set; else `longest`.
+    padding: str | None = None
+    # `buckets` padding: cut each batch to the smallest of these lengths holding it (null:
+    # chosen from the training split's lengths, to pad least; []: off, every batch padded to
     # sequence_length).
     bucket_boundaries: list[int] | None = None
     # Imbalanced labels: `balanced` weighs each training example by n / (classes * n_class).

@@ -11,8 +11,9 @@ from app.data.task import Split
 TOKENIZE_CHUNK = 1024
 # Mixes the run seed with the epoch so each epoch's order depends on (seed, epoch) alone.
 EPOCH_SEED_STRIDE = 1_000_003
-# Length bucketing sorts windows of this many batches by length (see length_bucketed).
-BUCKET_WINDOW = 16
+# Length grouping orders windows of this many batches by length (see length_grouped); 50 as
+# transformers' group_by_length megabatches.
+LENGTH_WINDOW = 50
 
 
 def tokenized(split: Split, preprocessor) -> tf.data.Dataset:
@@ -69,53 +70,59 @@ def build_dataset(split: Split, preprocessor, batch_size: int) -> tf.data.Datase
     return tokenized(split, preprocessor).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def length_bucketed(
-    shuffled: tf.data.Dataset, batch_size: int, boundaries: list[int], seed
+def length_grouped(
+    shuffled: tf.data.Dataset, batch_size: int, seed, boundaries: list[int] | None = None
 ) -> tf.data.Dataset:
-    """Batches of similar length, each cut to the smallest bucket boundary that fits it.
+    """Batches of similar length, each cut to its longest example or to a bucket boundary.
 
-    Every window of BUCKET_WINDOW batches' worth of (already shuffled) examples is grouped by
-    bucket (in random order within each bucket) and batched, and the window's batches are
-    shuffled (seeded): the epoch keeps the same examples and number of batches, the order
-    depends on (seed, epoch) alone (step-exact resume holds), and batches take only
-    len(boundaries) + 1 shapes (a handful of XLA programs). Padding is masked, so cutting it
-    changes no output; it saves its compute.
+    Every window of LENGTH_WINDOW batches' worth of (already shuffled) examples is ordered by
+    length and batched, and the window's batches are shuffled (seeded): the epoch keeps the
+    same examples and number of batches, the order depends on (seed, epoch) alone (step-exact
+    resume holds). Padding is masked, so cutting it changes no output; it saves its compute.
 
     Args:
         shuffled: fixed-length (features, target) examples with a `padding_mask` feature; a
             target with one value per position is cut with the features.
         batch_size: the global batch size.
-        boundaries: ascending bucket lengths; the full sequence length is the last bucket.
         seed: the epoch's shuffle seed.
+        boundaries: None: ordered by length, each batch cut to its longest example (dynamic
+            padding, as transformers' group_by_length): a shape per length, which graphs
+            without XLA take as one (Keras traces a shape-generic step). Else ascending bucket
+            lengths (the full sequence length is the last bucket): ordered by bucket, in random
+            order within one, each batch cut to the smallest bucket holding its longest
+            example: len(boundaries) + 1 shapes (a handful of XLA programs).
     """
 
-    def sort_window(window, features, targets):
-        # By bucket, in random (seeded) order within a bucket: sorting by the exact length would
-        # give batches of one narrow length range, whose labels can follow length (on the
-        # shipped topics data that cut micro-F1 from 0.80 to 0.64).
+    def order_window(window, features, targets):
+        # Within a bucket in random order: sorting by the exact length gives batches of one
+        # narrow length range, whose labels can follow length (multi-label topics: micro-F1
+        # 0.80 -> 0.64), which is why multi-label runs pad in full by default.
         lengths = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1)
-        bucket = tf.searchsorted(tf.constant(boundaries, tf.int32), lengths, side="left")
+        key = (lengths if boundaries is None else
+               tf.searchsorted(tf.constant(boundaries, tf.int32), lengths, side="left"))
         noise = tf.random.stateless_uniform(tf.shape(lengths), tf.stack([seed, window]))
-        order = tf.argsort(tf.cast(bucket, tf.float32) + noise, stable=True)
+        order = tf.argsort(tf.cast(key, tf.float32) + noise, stable=True)
         return tf.nest.map_structure(lambda t: tf.gather(t, order), (features, targets))
 
     def cut(features, targets):
-        full = tf.shape(features["padding_mask"])[1]
         longest = tf.reduce_max(tf.reduce_sum(features["padding_mask"], axis=1))
-        buckets = tf.concat([tf.constant(boundaries, tf.int32), [full]], axis=0)
-        length = tf.reduce_min(tf.boolean_mask(buckets, buckets >= longest))
+        length = longest
+        if boundaries is not None:
+            full = tf.shape(features["padding_mask"])[1]
+            buckets = tf.concat([tf.constant(boundaries, tf.int32), [full]], axis=0)
+            length = tf.reduce_min(tf.boolean_mask(buckets, buckets >= longest))
         if targets.shape.rank == 2:  # one target per position (token classification)
             targets = targets[:, :length]
         return {name: value[:, :length] for name, value in features.items()}, targets
 
     return (
-        shuffled.batch(batch_size * BUCKET_WINDOW)
+        shuffled.batch(batch_size * LENGTH_WINDOW)
         .enumerate()
-        .map(lambda window, example: sort_window(window, *example))
+        .map(lambda window, example: order_window(window, *example))
         .unbatch()
         .batch(batch_size)
         .map(cut, num_parallel_calls=tf.data.AUTOTUNE)
-        .shuffle(BUCKET_WINDOW, seed=seed, reshuffle_each_iteration=False)
+        .shuffle(LENGTH_WINDOW, seed=seed, reshuffle_each_iteration=False)
     )
 
 
@@ -127,6 +134,7 @@ def epoch_stream(
     seed: int,
     epochs: int,
     per_example: Callable | None = None,
+    padding: str | None = None,
     bucket_boundaries: list[int] | None = None,
     class_weights: Sequence[float] | None = None,
 ) -> Callable[[int], tf.data.Dataset]:
@@ -145,7 +153,10 @@ def epoch_stream(
         seed: the run seed.
         epochs: how many epochs the stream holds.
         per_example: an optional map applied after shuffling, with its seed.
-        bucket_boundaries: batch by length and cut padding (see `length_bucketed`).
+        padding: `longest`: batches of similar lengths, each cut to its longest example;
+            `buckets` (or None): cut to `bucket_boundaries` when there are any, else padded
+            in full (see `length_grouped`).
+        bucket_boundaries: the bucket lengths of `buckets` padding.
         class_weights: one weight per class id: batches become (features, targets,
             sample_weight), which Keras' loss weighs by; part of the dataset, so it is split
             across replicas with the batch under any tf.distribute strategy.
@@ -160,8 +171,10 @@ def epoch_stream(
                 lambda i, example: per_example(example, tf.stack([epoch_seed, i])),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
-        if bucket_boundaries:
-            batched = length_bucketed(shuffled, batch_size, list(bucket_boundaries), epoch_seed)
+        if padding == "longest":
+            batched = length_grouped(shuffled, batch_size, epoch_seed)
+        elif bucket_boundaries:
+            batched = length_grouped(shuffled, batch_size, epoch_seed, list(bucket_boundaries))
         else:
             batched = shuffled.batch(batch_size)
         if class_weights is None:

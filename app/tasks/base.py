@@ -99,10 +99,10 @@ def compile_for_training(model: keras.Model, cfg: DictConfig, steps_per_epoch: i
 
 def choose_lengths(cfg: DictConfig, layout: RunLayout, lengths: Callable[[], Sequence[int]],
                    longer: str = "truncated", minimum: int = MULTIPLE) -> dict | None:
-    """Fill `data.sequence_length` and `data.bucket_boundaries` left null from the training
-    split's packed lengths (see app.data.lengths), log the choice and save it: the values in
-    the run's config.yaml (what evaluation, albert-evaluate, albert-predict, the export and a
-    resume read), how they were chosen in lengths.json.
+    """Fill `data.padding`, `data.sequence_length` and `data.bucket_boundaries` left null (the
+    last two from the training split's packed lengths, see app.data.lengths), log the choice
+    and save it: the values in the run's config.yaml (what evaluation, albert-evaluate,
+    albert-predict, the export and a resume read), how they were chosen in lengths.json.
 
     Args:
         cfg: the run config; its `data` node is filled in place.
@@ -112,41 +112,66 @@ def choose_lengths(cfg: DictConfig, layout: RunLayout, lengths: Callable[[], Seq
         minimum: the shortest sequence length to choose.
 
     Returns:
-        The choice, for metrics.json; when both were set, the run's lengths.json (a resume of
+        The choice, for metrics.json; when all were set, the run's lengths.json (a resume of
         a run that chose them) or None.
     """
     data = cfg.data
-    if data.sequence_length is not None and data.bucket_boundaries is not None:
+    chosen = [key for key in ("padding", "sequence_length") if data[key] is None]
+    if data.padding is None:
+        data.padding = choose_padding(cfg)
+    if data.task == "multilabel" and data.bucket_boundaries is None:
+        # How many labels an example has follows its length (longer texts, more topics), so
+        # length buckets make batches of one label count; on the shipped topics data they cut
+        # micro-F1 from 0.80 to 0.65. Off unless set.
+        data.bucket_boundaries = []
+    boundaries_needed = data.padding == "buckets" and data.bucket_boundaries is None
+    chosen += ["bucket_boundaries"] if boundaries_needed else []
+    if data.sequence_length is not None and not boundaries_needed:
+        if "padding" in chosen:
+            write_run_config(cfg, layout)
         return json.loads(layout.lengths.read_text()) if layout.lengths.is_file() else None
     values = lengths()
-    chosen = [key for key in ("sequence_length", "bucket_boundaries") if data[key] is None]
     if data.sequence_length is None:
         data.sequence_length = choose_sequence_length(values, position_table(cfg.model),
                                                       minimum=minimum)
-    if data.bucket_boundaries is None:
-        # Multi-label: how many labels an example has follows its length (longer texts, more
-        # topics), so length buckets make batches of one label count; on the shipped topics
-        # data they cut micro-F1 from 0.80 to 0.65. Off unless set.
-        data.bucket_boundaries = ([] if data.task == "multilabel" else
-                                  choose_boundaries(values, data.sequence_length))
-    elif any(b >= data.sequence_length for b in data.bucket_boundaries):
+    if boundaries_needed:
+        data.bucket_boundaries = choose_boundaries(values, data.sequence_length)
+    elif data.bucket_boundaries and any(b >= data.sequence_length for b in data.bucket_boundaries):
         log.info("data.bucket_boundaries %s: only those below the chosen sequence length %d "
                  "apply", list(data.bucket_boundaries), data.sequence_length)
         data.bucket_boundaries = [b for b in data.bucket_boundaries if b < data.sequence_length]
     count = truncated(values, data.sequence_length)
-    record = {"sequence_length": data.sequence_length,
-              "bucket_boundaries": list(data.bucket_boundaries), "chosen": chosen,
+    record = {"padding": data.padding, "sequence_length": data.sequence_length,
+              "bucket_boundaries": (None if data.bucket_boundaries is None
+                                    else list(data.bucket_boundaries)), "chosen": chosen,
               "examples": len(values), "longer": count, "coverage": 1 - count / len(values),
               "quantile": {"share": COVERAGE, "length": quantile(values, COVERAGE)}}
     log.info("data.sequence_length=%d (%s): %.1f%% of %d training examples fit whole (%.0f%% "
-             "are <= %d tokens), %d longer are %s; bucket_boundaries=%s (%s)",
-             data.sequence_length, "from the data" if "sequence_length" in chosen else "as set",
+             "are <= %d tokens), %d longer are %s; data.padding=%s%s", data.sequence_length,
+             "from the data" if "sequence_length" in chosen else "as set",
              100 * record["coverage"], len(values), 100 * COVERAGE, record["quantile"]["length"],
-             count, longer, record["bucket_boundaries"],
-             "chosen to pad least" if "bucket_boundaries" in chosen else "as set")
+             count, longer, describe_padding(data), "" if data.padding == "longest" else
+             " (chosen to pad least)" if "bucket_boundaries" in chosen else " (as set)")
     write_json(layout.lengths, record)
     write_run_config(cfg, layout)
     return record
+
+
+def choose_padding(cfg: DictConfig) -> str:
+    """`buckets` (a few batch shapes) under XLA, which compiles a program per shape, for
+    multi-label runs and when `data.bucket_boundaries` is set; else `longest`."""
+    xla = cfg.trainer.get("jit_compile") in (True, "auto")
+    explicit = cfg.data.bucket_boundaries is not None
+    return "buckets" if xla or explicit or cfg.data.task == "multilabel" else "longest"
+
+
+def describe_padding(data: DictConfig) -> str:
+    """How batches are padded, for the log."""
+    if data.padding == "longest":
+        return "longest (batches of similar lengths, each cut to its longest example)"
+    if data.bucket_boundaries:
+        return f"buckets {list(data.bucket_boundaries)} (and {data.sequence_length})"
+    return f"buckets [] (every batch padded to {data.sequence_length})"
 
 
 def measure_padding(data: TrainingData) -> dict:

@@ -81,6 +81,7 @@ class FineTuning:
         batches = epoch_stream(tokenized(self.train_split, self.preprocessor),
                                len(self.train_split), cfg.trainer.batch_size,
                                cfg.data.shuffle_buffer, cfg.seed, cfg.trainer.epochs,
+                               padding=cfg.data.padding,
                                bucket_boundaries=cfg.data.bucket_boundaries,
                                class_weights=self.class_weights)
         steps = math.ceil(len(self.train_split) / cfg.trainer.batch_size)

@@ -111,6 +111,7 @@ class TokenClassification:
         examples = tf.data.Dataset.from_tensor_slices((windows.features(), windows.labels))
         batches = epoch_stream(examples.cache(), len(windows), cfg.trainer.batch_size,
                                cfg.data.shuffle_buffer, cfg.seed, cfg.trainer.epochs,
+                               padding=cfg.data.padding,
                                bucket_boundaries=cfg.data.bucket_boundaries)
         steps = math.ceil(len(windows) / cfg.trainer.batch_size)
         self.data = TrainingData(batches, len(windows), steps)
