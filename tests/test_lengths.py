@@ -172,6 +172,7 @@ def test_longest_pads_least_then_buckets_then_full_length(tmp_path, sentiment_di
     (["data.bucket_boundaries=[16]"], "buckets", [16]),  # set: they win
     (["data.padding=longest", "trainer.jit_compile=true"], "longest", None),
     (["data.task=multilabel"], "buckets", []),  # length-sorted batches group label counts
+    (["data.task=token_classification"], "buckets", "chosen"),
 ])
 def test_padding_is_chosen_for_the_compiler_and_the_task(tmp_path, overrides, padding,
                                                          boundaries):

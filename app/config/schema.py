@@ -68,7 +68,8 @@ class DataConfig:
     shuffle_buffer: int = 100_000
     # Fine-tuning: `longest`: batches of similar lengths, each cut to its longest example;
     # `buckets`: cut to `bucket_boundaries`. Null: `buckets` under XLA (trainer.jit_compile
-    # true or auto), for multi-label or when bucket_boundaries is set; else `longest`.
+    # true or auto), when bucket_boundaries is set and for multi-label and token
+    # classification (labels that follow length); else `longest`.
     padding: str | None = None
     # `buckets` padding: cut each batch to the smallest of these lengths holding it (null:
     # chosen from the training split's lengths, to pad least; []: off, every batch padded to

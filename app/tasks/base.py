@@ -97,6 +97,11 @@ def compile_for_training(model: keras.Model, cfg: DictConfig, steps_per_epoch: i
     return model
 
 
+# Tasks whose labels follow length: length-grouped batches would each hold one kind of label
+# (multi-label topics: micro-F1 0.80 -> 0.64; a tiny tagger's word accuracy 0.80+ -> 0.75).
+LENGTH_LABELLED = ("multilabel", "token_classification")
+
+
 def choose_lengths(cfg: DictConfig, layout: RunLayout, lengths: Callable[[], Sequence[int]],
                    longer: str = "truncated", minimum: int = MULTIPLE) -> dict | None:
     """Fill `data.padding`, `data.sequence_length` and `data.bucket_boundaries` left null (the
@@ -158,11 +163,13 @@ def choose_lengths(cfg: DictConfig, layout: RunLayout, lengths: Callable[[], Seq
 
 
 def choose_padding(cfg: DictConfig) -> str:
-    """`buckets` (a few batch shapes) under XLA, which compiles a program per shape, for
-    multi-label runs and when `data.bucket_boundaries` is set; else `longest`."""
+    """`buckets` (a few batch shapes) under XLA, which compiles a program per shape, when
+    `data.bucket_boundaries` is set, and for tasks whose labels follow length (multi-label:
+    how many labels; token classification: where a window falls in its sentence), where
+    batches of one length learn less; else `longest`."""
     xla = cfg.trainer.get("jit_compile") in (True, "auto")
     explicit = cfg.data.bucket_boundaries is not None
-    return "buckets" if xla or explicit or cfg.data.task == "multilabel" else "longest"
+    return "buckets" if xla or explicit or cfg.data.task in LENGTH_LABELLED else "longest"
 
 
 def describe_padding(data: DictConfig) -> str:
