@@ -69,6 +69,19 @@ def write_splits(out: Path, header: tuple[str, ...], rows, train_size: int, seed
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tensorflow_logs_on_the_process_stderr():
+    """TensorFlow's and absl's log handlers bind to the `sys.stderr` of their first use: inside
+    a test that is pytest's capture stream, closed after it, and the next log line kills the
+    worker ("lost sys.stderr"; seen with test_layout.py then test_report.py in one process).
+    The process's own stderr stays open (and fd capture still collects it)."""
+    import tensorflow as tf
+    from absl import logging as absl_logging
+
+    for handler in [*tf.get_logger().handlers, absl_logging.get_absl_handler().python_handler]:
+        handler.setStream(sys.__stderr__)
+
+
 @pytest.fixture
 def sentiment_dir(tmp_path: Path) -> Path:
     """Single-sentence classification with string labels: columns sentence, label."""
