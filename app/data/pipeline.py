@@ -96,7 +96,7 @@ def length_grouped(
     def order_window(window, features, targets):
         # Within a bucket in random order: sorting by the exact length gives batches of one
         # narrow length range, whose labels can follow length (multi-label topics: micro-F1
-        # 0.80 -> 0.64), which is why multi-label runs pad in full by default.
+        # 0.80 -> 0.64), which is why such tasks pad by buckets by default (choose_padding).
         lengths = tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1)
         key = (lengths if boundaries is None else
                tf.searchsorted(tf.constant(boundaries, tf.int32), lengths, side="left"))
