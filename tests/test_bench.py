@@ -159,32 +159,3 @@ def test_bench_pretraining_on_synthetic_corpus(tmp_path):
                           f"data.dir={tmp_path / 'missing'}", "data.max_train_examples=128",
                           "data.sequence_length=64", "data.max_predictions=4", *QUICK)
     assert report["config"]["task"] == "pretraining"
-
-
-def test_length_bucketing_keeps_epochs_exact_and_resumable():
-    """data.bucket_boundaries: same examples and batch count per epoch, few shapes, resumable."""
-    import numpy as np
-    import tensorflow as tf
-
-    from app.data.pipeline import epoch_stream
-
-    count, length, batch = 300, 24, 8
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(3, length + 1, count)
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    features = {"token_ids": mask * 7, "segment_ids": 0 * mask, "padding_mask": mask}
-    examples = tf.data.Dataset.from_tensor_slices((features, np.arange(count))).cache()
-    stream = epoch_stream(examples, count, batch, 1000, seed=7, epochs=2,
-                          bucket_boundaries=[8, 16])
-    batches = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(0)]
-    assert len(batches) == 2 * math.ceil(count / batch)
-    assert sorted(i for _, ids in batches[:38] for i in ids) == list(range(count))
-    assert {width for width, _ in batches} == {8, 16, 24}
-    assert all(lengths[ids].max() <= width for width, ids in batches)
-    # A bucket's batches mix its lengths (not one narrow range each, as sorting by length
-    # would give): labels that follow length must not make label-pure batches.
-    spans = [np.ptp(lengths[ids]) for width, ids in batches if width == 24 and len(ids) == batch
-             and lengths[ids].min() > 16]
-    assert len(spans) > 5 and np.mean(spans) > 4, spans
-    resumed = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(5)]
-    assert resumed == batches[5:]

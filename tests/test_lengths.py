@@ -189,13 +189,37 @@ def test_padding_is_chosen_for_the_compiler_and_the_task(tmp_path, overrides, pa
                                                          cfg.data.bucket_boundaries)
 
 
-def test_longest_padding_cuts_each_batch_to_its_longest_and_resumes_exactly():
-    count, length, batch = 300, 24, 8
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(3, length + 1, count)
+def masked_examples(count: int, length: int) -> tuple[np.ndarray, tf.data.Dataset]:
+    """Each example's length (3..length) and cached (features, example index) examples."""
+    lengths = np.random.default_rng(0).integers(3, length + 1, count)
     mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
     features = {"token_ids": mask * 7, "segment_ids": 0 * mask, "padding_mask": mask}
-    examples = tf.data.Dataset.from_tensor_slices((features, np.arange(count))).cache()
+    return lengths, tf.data.Dataset.from_tensor_slices((features, np.arange(count))).cache()
+
+
+def test_length_bucketing_keeps_epochs_exact_and_resumable():
+    """data.bucket_boundaries: same examples and batch count per epoch, few shapes, resumable."""
+    count, length, batch = 300, 24, 8
+    lengths, examples = masked_examples(count, length)
+    stream = epoch_stream(examples, count, batch, 1000, seed=7, epochs=2,
+                          bucket_boundaries=[8, 16])
+    batches = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(0)]
+    assert len(batches) == 2 * math.ceil(count / batch)
+    assert sorted(i for _, ids in batches[:38] for i in ids) == list(range(count))
+    assert {width for width, _ in batches} == {8, 16, 24}
+    assert all(lengths[ids].max() <= width for width, ids in batches)
+    # A bucket's batches mix its lengths (not one narrow range each, as sorting by length
+    # would give): labels that follow length must not make label-pure batches.
+    spans = [np.ptp(lengths[ids]) for width, ids in batches if width == 24 and len(ids) == batch
+             and lengths[ids].min() > 16]
+    assert len(spans) > 5 and np.mean(spans) > 4, spans
+    resumed = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(5)]
+    assert resumed == batches[5:]
+
+
+def test_longest_padding_cuts_each_batch_to_its_longest_and_resumes_exactly():
+    count, length, batch = 300, 24, 8
+    lengths, examples = masked_examples(count, length)
     stream = epoch_stream(examples, count, batch, 1000, seed=7, epochs=2, padding="longest")
     batches = [(int(x["token_ids"].shape[1]), y.numpy().tolist()) for x, y in stream(0)]
     steps = math.ceil(count / batch)
